@@ -1,0 +1,1 @@
+"""Stage definitions and orchestration: the DAG, fingerprints, the disk cache, Dask."""

@@ -1,0 +1,2 @@
+"""One module per stage: plain functions from a Job (config, dataset, upstream outputs) to
+outputs on disk."""

@@ -1,0 +1,35 @@
+"""Stage 2: multi-scale + flip CAMs per image, at stride 4 and at full resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wsis.io import write_npz
+from wsis.models.cam import multiscale_cam
+
+from ..engine import Job
+from . import train_cam
+
+_MODELS: dict = {}  # per worker process: (model path, mtime, device) -> model
+
+
+def cached_model(job: Job):
+    path = job.inputs["train_cam"] / train_cam.MODEL_FILE
+    key = (str(path), path.stat().st_mtime_ns, job.device)
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = train_cam.load_trained(job.inputs["train_cam"], job.device)
+    return _MODELS[key]
+
+
+def process(job: Job, ids: list[str]) -> None:
+    """Writes ``<id>.npz``: ``classes`` (K,), ``cam`` (K, ceil(H/4), ceil(W/4)) and
+    ``high_res`` (K, H, W), float16, each channel max-normalised."""
+    model = cached_model(job)
+    c = job.cfg["make_cam"]
+    for image_id in ids:
+        classes = job.dataset.labels[image_id]
+        image = job.dataset.load_image(image_id)
+        low, high = multiscale_cam(model, image, classes, c["scales"], c["flip"], job.device)
+        write_npz(job.out_dir / f"{image_id}.npz", classes=np.array(classes, np.int64),
+                  cam=low.astype(np.float16), high_res=high.astype(np.float16))

@@ -1,0 +1,160 @@
+"""The ``wsis`` command line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from .config import load_config
+from .data.registry import DATASET_KINDS
+from .errors import ConfigError, WsisError
+
+
+def common_options(f):
+    """Options every command takes (before or after the command name's own options)."""
+    options = [
+        click.option("--work-dir", type=click.Path(path_type=Path), default=None,
+                     help="Where stage outputs are cached [default: runs/<dataset>]."),
+        click.option("--dataset", type=click.Choice(DATASET_KINDS), default="synthetic", show_default=True,
+                     help="Dataset kind; also selects the config preset configs/<dataset>.toml."),
+        click.option("--data-root", type=click.Path(path_type=Path), default=None,
+                     help="Dataset location [default: the preset's data.root]."),
+        click.option("--annotations", type=click.Path(path_type=Path), default=None,
+                     help="coco: the instances JSON."),
+        click.option("--labels", type=click.Path(path_type=Path), default=None,
+                     help="folder: the labels CSV (file name, class names separated by , or ;)."),
+        click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+                     help="A TOML file overriding the preset."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override one config value, e.g. --set train_cam.epochs=3 (repeatable)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def user_errors(f):
+    """Turn WsisError into a one-line message and exit status 2."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except WsisError as e:
+            click.echo(f"wsis: error: {e}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+class Session:
+    """The resolved config, dataset and work dir of one command."""
+
+    def __init__(self, work_dir, dataset, data_root, annotations, labels, config_file, overrides, device):
+        self.kind = dataset
+        self.cfg = load_config(dataset, config_file, overrides)
+        if annotations and labels:
+            raise ConfigError("--annotations (coco) and --labels (folder) are exclusive")
+        self.annotations = annotations or labels
+        self.data_root = Path(data_root) if data_root else Path(self.cfg["data"]["root"])
+        self.work_dir = Path(work_dir) if work_dir else Path("runs") / dataset
+        self.device_request = device
+
+    def open_dataset(self):
+        from .data import open_dataset
+        from .data.synthetic import spec_from_config
+
+        def note_generation(split, i, n):
+            if i == 1:
+                click.echo(f"synthetic: generating {n} {split} images in {self.data_root}", err=True)
+
+        if self.kind == "synthetic" and not self.data_root.exists():
+            spec_from_config(self.cfg)
+        ds = open_dataset(self.kind, self.cfg, self.data_root, self.annotations, progress=note_generation)
+        for note in ds.notes:
+            click.echo(f"wsis: note: {note}", err=True)
+        return ds
+
+    def check_work_dir(self):
+        """A work dir holds one dataset's cache; refuse to mix another into it."""
+        from .io import read_json, write_json
+        path = self.work_dir / "run.json"
+        identity = {"dataset": self.kind, "data_root": str(self.data_root.resolve())}
+        if path.is_file():
+            old = read_json(path)
+            for key in identity:
+                if old.get(key) != identity[key]:
+                    raise ConfigError(f"{path}: this work dir caches {key} '{old.get(key)}', not "
+                                      f"'{identity[key]}'; pass another --work-dir")
+        else:
+            write_json(path, identity)
+
+    def pipeline(self, scheduler=None, workers=0):
+        from pipelines.dag import STAGES
+        from pipelines.engine import Pipeline
+        from .training import resolve_device
+        dataset = self.open_dataset()
+        self.check_work_dir()
+        workers = workers or self.cfg["run"]["workers"]
+        return Pipeline(STAGES, self.cfg, dataset, self.work_dir, resolve_device(self.device_request),
+                        scheduler, workers)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="wsis")
+def main():
+    """wsis: instance pseudo-masks from image-level tags (IRNet), as COCO JSON."""
+
+
+@main.command()
+@click.option("--stage", default="all", show_default=True, help="Stage to run (with what it needs), or 'all'.")
+@click.option("--force", is_flag=True, help="Recompute the stage even if its cache is up to date.")
+@click.option("--workers", type=int, default=0, help="Local Dask workers [default: one per core].")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Use an existing dask.distributed scheduler (the work dir must be on a shared filesystem).")
+@common_options
+@user_errors
+def run(stage, force, workers, scheduler, **common):
+    """Run STAGE after whatever it needs that is missing or stale."""
+    from pipelines.report import metrics_table
+    session = Session(**common)
+    pipeline = session.pipeline(scheduler, workers)
+    pipeline.run(stage, force=force)
+    metrics = pipeline.collect_metrics()
+    if metrics:
+        click.echo(metrics_table(metrics))
+        click.echo(f"metrics: {session.work_dir / 'metrics.json'}")
+
+
+@main.command()
+@common_options
+@user_errors
+def status(**common):
+    """Print each stage's state: done / stale (why) / partial (n of N) / missing."""
+    session = Session(**common)
+    pipeline = session.pipeline()
+    for stage in pipeline.stages.values():
+        st = pipeline.state(stage)
+        detail = f" ({st.detail})" if st.detail else ""
+        click.echo(f"{stage.name:<12} {st.status}{detail}")
+
+
+@main.command()
+@click.option("--seed", type=int, default=None, help="Generator seed [default: synthetic.seed].")
+@common_options
+@user_errors
+def synth(seed, **common):
+    """Generate the synthetic dataset (VOC layout) at --data-root."""
+    if seed is not None:
+        common["overrides"] = tuple(common["overrides"]) + (f"synthetic.seed={seed}",)
+    common["dataset"] = "synthetic"
+    session = Session(**common)
+    from .data.synthetic import ensure_synthetic
+    made = ensure_synthetic(session.data_root, session.cfg)
+    click.echo(f"{'wrote' if made else 'already present:'} {session.data_root}")
+
+
+if __name__ == "__main__":
+    main()

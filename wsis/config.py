@@ -1,0 +1,144 @@
+"""Layered TOML configuration.
+
+A run's config is built from, in order: ``configs/base.toml`` (every key, at the paper's VOC
+settings), the dataset preset ``configs/<preset>.toml``, an optional user file (``--config``)
+and ``--set section.key=value`` overrides. Later layers may only set keys that exist in the
+earlier ones, with values of the same type, so a typo is an error instead of a silent no-op.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_path(name: str) -> Path:
+    return CONFIG_DIR / f"{name}.toml"
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml") if p.stem != "base")
+
+
+def read_toml(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML ({e})") from None
+
+
+def _same_type(old: Any, new: Any) -> bool:
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool)
+    if isinstance(old, float) and isinstance(new, int):
+        return True
+    if isinstance(old, list):
+        return isinstance(new, list)
+    return type(old) is type(new)
+
+
+def _coerce(old: Any, new: Any) -> Any:
+    if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
+        return float(new)
+    if isinstance(old, list) and isinstance(new, list) and old:
+        return [_coerce(old[0], v) for v in new]
+    return new
+
+
+def merge(base: dict, layer: dict, source: str, prefix: str = "") -> dict:
+    """Return ``base`` updated by ``layer``; every key of ``layer`` must exist in ``base``."""
+    out = copy.deepcopy(base)
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        if key not in out:
+            raise ConfigError(f"{source}: unknown config key '{dotted}'")
+        if isinstance(out[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{dotted}' is a section, not a value")
+            out[key] = merge(out[key], value, source, dotted + ".")
+        else:
+            if isinstance(value, dict) or not _same_type(out[key], value):
+                raise ConfigError(
+                    f"{source}: '{dotted}' must be {type(out[key]).__name__}, got {value!r}")
+            out[key] = _coerce(out[key], value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b=value``; the value is a TOML literal, or a bare string if it is not one."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def load_config(preset: str, config_file: str | Path | None = None,
+                overrides: tuple[str, ...] | list[str] = ()) -> dict:
+    base = read_toml(CONFIG_DIR / "base.toml")
+    if not preset_path(preset).is_file():
+        raise ConfigError(
+            f"unknown dataset preset '{preset}' (no {preset_path(preset)}); "
+            f"available: {', '.join(available_presets())}")
+    cfg = merge(base, read_toml(preset_path(preset)), str(preset_path(preset)))
+    if config_file is not None:
+        cfg = merge(cfg, read_toml(Path(config_file)), str(config_file))
+    for text in overrides:
+        parts, value = parse_override(text)
+        layer: dict = value
+        for part in reversed(parts):
+            layer = {part: layer}
+        cfg = merge(cfg, layer, "--set")
+    return cfg
+
+
+def section_hash(obj: Any) -> str:
+    """A stable hash of any JSON-able value (used in stage fingerprints)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def dumps_toml(cfg: dict) -> str:
+    """Serialise a config (nested dicts of scalars and lists) as TOML."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines: list[str] = []
+
+    def emit(table: dict, name: str) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        if name:
+            lines.append(f"\n[{name}]")
+        lines.extend(f"{k} = {value(v)}" for k, v in scalars.items())
+        for k, v in table.items():
+            if isinstance(v, dict):
+                emit(v, f"{name}.{k}" if name else k)
+
+    emit(cfg, "")
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -1,0 +1,112 @@
+"""torchvision ResNet backbones as a list of stages, with IRNet's strides and freezing.
+
+Ahn et al. (CVPR 2019) use strides (2, 2, 2, 1) for the four residual stages after the stem, so
+the last stage has output stride 16, and keep BatchNorm frozen (eval mode, no gradient).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from ..errors import ConfigError, WsisError
+
+DEPTHS = (18, 34, 50, 101, 152)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _weights_enum(depth: int):
+    return getattr(torchvision.models, f"ResNet{depth}_Weights").IMAGENET1K_V1
+
+
+def load_imagenet_state(depth: int, weights: str) -> dict | None:
+    """State dict for ``backbone.weights``: "none", "imagenet" or a local .pth path."""
+    if weights in ("", "none"):
+        return None
+    if weights == "imagenet":
+        enum = _weights_enum(depth)
+        try:
+            return enum.get_state_dict(progress=True)
+        except Exception as e:  # urllib/socket/SSL errors all mean: could not download
+            raise WsisError(
+                f"could not download ImageNet weights for resnet{depth} from {enum.url} ({type(e).__name__}: {e}); "
+                f"download that file elsewhere and pass --set backbone.weights=/path/to/file.pth") from None
+    path = Path(weights)
+    if not path.is_file():
+        raise ConfigError(f"backbone.weights: {path}: file not found (use 'none', 'imagenet' or a .pth path)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WsisError(f"{path}: not a readable PyTorch weights file ({e})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return state
+
+
+class ResNetStages(nn.Module):
+    """ResNet as five stages (stem+layer1 at stride 4, layer2 8, layer3 16, layer4 16)."""
+
+    def __init__(self, depth: int = 50, weights: str = "none", freeze_bn: bool = True,
+                 frozen_stages: int = 0, last_stride: int = 1):
+        super().__init__()
+        if depth not in DEPTHS:
+            raise ConfigError(f"backbone.depth: {depth} is not a ResNet depth ({', '.join(map(str, DEPTHS))})")
+        net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+        state = load_imagenet_state(depth, weights)
+        if state is not None:
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing or unexpected:
+                raise WsisError(f"backbone.weights={weights}: does not fit resnet{depth} "
+                                f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
+        if last_stride == 1:
+            block = net.layer4[0]
+            strided = block.conv2 if hasattr(block, "conv3") else block.conv1
+            strided.stride = (1, 1)
+            block.downsample[0].stride = (1, 1)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stages = nn.ModuleList([nn.Sequential(self.stem, net.layer1), net.layer2, net.layer3, net.layer4])
+        layers = [net.layer1, net.layer2, net.layer3, net.layer4]
+        self.channels = [_out_channels(layer) for layer in layers]
+        self.freeze_bn = freeze_bn
+        if freeze_bn:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    for p in m.parameters():
+                        p.requires_grad_(False)
+        if frozen_stages > 0:  # the stem goes with the first frozen stage
+            for module in [self.stem] + layers[:frozen_stages]:
+                for p in module.parameters():
+                    p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_bn:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+
+def _out_channels(layer: nn.Sequential) -> int:
+    last = layer[-1]
+    return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8-range (B, 3, H, W) float tensor -> ImageNet-normalised."""
+    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    return (images - mean) / std

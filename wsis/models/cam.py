@@ -1,0 +1,71 @@
+"""The CAM classifier and multi-scale CAM inference (Ahn et al., CVPR 2019, steps 1-2)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import ResNetStages, normalize
+
+
+class CAMNet(nn.Module):
+    """ResNet (output stride 16) + global average pooling + bias-free 1x1 conv to C logits."""
+
+    def __init__(self, num_classes: int, depth: int = 50, weights: str = "none",
+                 freeze_bn: bool = True, frozen_stages: int = 2):
+        super().__init__()
+        self.backbone = ResNetStages(depth, weights, freeze_bn, frozen_stages)
+        self.classifier = nn.Conv2d(self.backbone.channels[-1], num_classes, 1, bias=False)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(normalize(images))[-1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in 0..255 -> (B, C) classification logits."""
+        pooled = self.features(images).mean(dim=(2, 3), keepdim=True)
+        return self.classifier(pooled).flatten(1)
+
+    def cam(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, H/16, W/16) class activation maps, relu(W^T f)."""
+        return F.relu(F.conv2d(self.features(images), self.classifier.weight))
+
+    def param_groups(self):
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        return backbone, list(self.classifier.parameters())
+
+
+def stride4_size(h: int, w: int) -> tuple[int, int]:
+    return math.ceil(h / 4), math.ceil(w / 4)
+
+
+@torch.no_grad()
+def multiscale_cam(model: CAMNet, image: np.ndarray, classes, scales=(1.0, 0.5, 1.5, 2.0),
+                   flip: bool = True, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """CAMs of ``classes`` for one HxWx3 uint8 image, summed over scales (and flips).
+
+    Returns (stride-4 CAMs of shape (K, ceil(H/4), ceil(W/4)), full-resolution CAMs (K, H, W)),
+    each channel divided by its own maximum (+1e-5), as float32.
+    """
+    h, w = image.shape[:2]
+    classes = list(classes)
+    s4 = stride4_size(h, w)
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
+    low = torch.zeros((len(classes),) + s4, device=device)
+    high = torch.zeros((len(classes), h, w), device=device)
+    if not classes:
+        return low.cpu().numpy(), high.cpu().numpy()
+    for s in scales:
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if s != 1.0 else x
+        batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
+        cams = model.cam(batch)[:, classes]
+        cam = cams[0] + cams[1].flip(-1) if flip else cams[0]
+        low += F.interpolate(cam[None], size=s4, mode="bilinear", align_corners=False)[0]
+        high += F.interpolate(cam[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    low /= low.flatten(1).amax(1).view(-1, 1, 1) + 1e-5
+    high /= high.flatten(1).amax(1).view(-1, 1, 1) + 1e-5
+    return low.cpu().numpy().astype(np.float32), high.cpu().numpy().astype(np.float32)
