@@ -23,5 +23,5 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           per_image=make_cam.process),
     Stage("eval_cam", "CAM mIoU against ground truth", upstream=("make_cam",),
           sections=("eval_cam",), version=1, image_splits=infer_and_eval_splits,
-          run=eval_cam.run, needs_masks=True),
+          run=eval_cam.run, needs_masks=True, reads_images=False),
 ]}

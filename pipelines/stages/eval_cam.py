@@ -9,7 +9,7 @@ from wsis.metrics import cam_to_label, confusion_matrix, iou_from_confusion, mea
 
 from ..engine import METRICS, Job
 
-SWEEP = tuple(np.round(np.arange(0.05, 0.55, 0.05), 2))
+SWEEP = tuple(float(t) for t in np.round(np.arange(0.05, 1.0, 0.05), 2))
 
 
 def run(job: Job) -> None:
