@@ -16,7 +16,7 @@ def infer_and_eval_splits(cfg: dict) -> list[str]:
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train_cam", "train the CAM classifier", upstream=(),
-          sections=("backbone", "train_cam"), version=1, image_splits=train_split,
+          sections=("backbone", "train_cam"), version=2, image_splits=train_split,
           run=train_cam.run),
     Stage("make_cam", "multi-scale CAMs per image", upstream=("train_cam",),
           sections=("make_cam",), version=1, image_splits=infer_and_eval_splits,

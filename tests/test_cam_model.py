@@ -10,9 +10,11 @@ from wsis.models.cam import CAMNet, multiscale_cam
 def test_backbone_strides_and_freezing():
     net = ResNetStages(18, freeze_bn=True, frozen_stages=2)
     feats = net(torch.zeros(1, 3, 64, 96))
-    assert [f.shape[-2:] for f in feats] == [(16, 24), (8, 12), (4, 6), (4, 6)]  # strides 4, 8, 16, 16
+    # strides 4, 4, 8, 16, 16
+    assert [f.shape[-2:] for f in feats] == [(16, 24), (16, 24), (8, 12), (4, 6), (4, 6)]
+    assert net.channels == [64, 64, 128, 256, 512]
     trainable = {n.split(".")[1] for n, p in net.named_parameters() if p.requires_grad}
-    assert trainable == {"2", "3"}  # layer3 and layer4 only
+    assert trainable == {"3", "4"}  # layer3 and layer4 only
     assert not any(p.requires_grad for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)
                    for p in m.parameters())
     net.train()

@@ -48,7 +48,7 @@ def load_imagenet_state(depth: int, weights: str) -> dict | None:
 
 
 class ResNetStages(nn.Module):
-    """ResNet as five stages (stem+layer1 at stride 4, layer2 8, layer3 16, layer4 16)."""
+    """ResNet as five stages: stem (stride 4), layer1 (4), layer2 (8), layer3 (16), layer4 (16)."""
 
     def __init__(self, depth: int = 50, weights: str = "none", freeze_bn: bool = True,
                  frozen_stages: int = 0, last_stride: int = 1):
@@ -69,10 +69,10 @@ class ResNetStages(nn.Module):
             strided = block.conv2 if hasattr(block, "conv3") else block.conv1
             strided.stride = (1, 1)
             block.downsample[0].stride = (1, 1)
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.stages = nn.ModuleList([nn.Sequential(self.stem, net.layer1), net.layer2, net.layer3, net.layer4])
+        stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         layers = [net.layer1, net.layer2, net.layer3, net.layer4]
-        self.channels = [_out_channels(layer) for layer in layers]
+        self.stages = nn.ModuleList([stem] + layers)
+        self.channels = [net.conv1.out_channels] + [_out_channels(layer) for layer in layers]
         self.freeze_bn = freeze_bn
         if freeze_bn:
             for m in self.modules():
@@ -80,7 +80,7 @@ class ResNetStages(nn.Module):
                     for p in m.parameters():
                         p.requires_grad_(False)
         if frozen_stages > 0:  # the stem goes with the first frozen stage
-            for module in [self.stem] + layers[:frozen_stages]:
+            for module in [stem] + layers[:frozen_stages]:
                 for p in module.parameters():
                     p.requires_grad_(False)
 

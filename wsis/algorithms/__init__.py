@@ -1,0 +1,1 @@
+"""The pipeline's algorithms as pure functions on arrays, testable without a model."""
