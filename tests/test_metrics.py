@@ -1,6 +1,7 @@
 import numpy as np
 
-from wsis.metrics import cam_to_label, confusion_matrix, iou_from_confusion, mean_iou
+from wsis.algorithms.labels import scores_to_label
+from wsis.metrics import confusion_matrix, iou_from_confusion, mean_iou
 
 
 def test_confusion_and_iou_on_a_hand_worked_case():
@@ -26,8 +27,8 @@ def test_labels_absent_everywhere_do_not_count():
     assert mean_iou(conf) == 1.0
 
 
-def test_cam_to_label_prepends_background_and_maps_classes():
+def test_scores_to_label_prepends_background_and_maps_classes():
     cams = np.array([[[0.9, 0.1], [0.2, 0.0]],      # class 3
                      [[0.5, 0.6], [0.1, 0.0]]], np.float32)  # class 0
-    out = cam_to_label(cams, [3, 0], bg_threshold=0.15)
+    out = scores_to_label(cams, [3, 0], bg_threshold=0.15)
     assert out.tolist() == [[4, 1], [4, 0]]

@@ -15,17 +15,23 @@ def rescale_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
 
 
-def random_crop(image: np.ndarray, size: int, rng: np.random.Generator,
-                fill=tuple(round(255 * m) for m in IMAGENET_MEAN)) -> np.ndarray:
-    """A size x size window at a random place; smaller images are placed at a random offset in a
-    canvas of the ImageNet mean colour (zero after normalisation, as in the reference code)."""
-    h, w = image.shape[:2]
-    out = np.empty((size, size) + image.shape[2:], image.dtype)
-    out[...] = fill
+MEAN_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)
+
+
+def random_crop(arrays: list[np.ndarray], fills: list, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """The same random size x size window of each array (all of one height and width). Arrays
+    smaller than the window are placed at a random offset in a canvas of their fill value (the
+    ImageNet mean colour for images, which is zero after normalisation, as in the reference)."""
+    h, w = arrays[0].shape[:2]
     ch, cw = min(h, size), min(w, size)
     y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))      # source
     oy, ox = int(rng.integers(size - ch + 1)), int(rng.integers(size - cw + 1))  # destination
-    out[oy:oy + ch, ox:ox + cw] = image[y0:y0 + ch, x0:x0 + cw]
+    out = []
+    for a, fill in zip(arrays, fills):
+        canvas = np.empty((size, size) + a.shape[2:], a.dtype)
+        canvas[...] = fill
+        canvas[oy:oy + ch, ox:ox + cw] = a[y0:y0 + ch, x0:x0 + cw]
+        out.append(canvas)
     return out
 
 
@@ -35,4 +41,23 @@ def cam_train_augment(image: np.ndarray, rng: np.random.Generator, resize_long: 
     image = rescale_long_side(image, int(rng.integers(resize_long[0], resize_long[1] + 1)))
     if hflip and rng.random() < 0.5:
         image = image[:, ::-1]
-    return random_crop(image, crop_size, rng)
+    return random_crop([image], [MEAN_RGB], crop_size, rng)[0]
+
+
+def rescale(image: np.ndarray, factor: float, resample) -> np.ndarray:
+    h, w = image.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return np.asarray(Image.fromarray(image).resize(size, resample))
+
+
+def irn_train_augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+                      scale_range: tuple[float, float], crop_size: int, hflip: bool,
+                      ignore: int = 255) -> tuple[np.ndarray, np.ndarray]:
+    """Random rescale (bilinear image, nearest label), flip and crop of an image and its
+    relation labels; the label is padded with ``ignore`` (Ahn et al. 2019, step 4)."""
+    factor = float(rng.uniform(*scale_range))
+    image, label = rescale(image, factor, Image.BILINEAR), rescale(label, factor, Image.NEAREST)
+    if hflip and rng.random() < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    image, label = random_crop([image, label], [MEAN_RGB, ignore], crop_size, rng)
+    return image, label

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from wsis.io import read_npz, write_json
-from wsis.metrics import cam_to_label, confusion_matrix, iou_from_confusion, mean_iou
+from wsis.algorithms.labels import scores_to_label
+from wsis.metrics import confusion_matrix, iou_from_confusion, mean_iou
 
 from ..engine import METRICS, Job
 
@@ -27,9 +28,9 @@ def run(job: Job) -> None:
             gt = ds.semantic_gt(image_id)
             z = read_npz(job.inputs["make_cam"] / f"{image_id}.npz")
             cams, classes = z["high_res"].astype(np.float32), z["classes"]
-            conf += confusion_matrix(gt, cam_to_label(cams, classes, threshold), n)
+            conf += confusion_matrix(gt, scores_to_label(cams, classes, threshold), n)
             for t in SWEEP:
-                sweep[t] += confusion_matrix(gt, cam_to_label(cams, classes, t), n)
+                sweep[t] += confusion_matrix(gt, scores_to_label(cams, classes, t), n)
             baseline += confusion_matrix(gt, np.zeros_like(gt), n)
             progress.update(1)
         best = max(SWEEP, key=lambda t: mean_iou(sweep[t]))

@@ -8,24 +8,13 @@ from wsis.io import write_npz
 from wsis.models.cam import multiscale_cam
 
 from ..engine import Job
-from . import train_cam
-
-_MODELS: dict = {}  # per worker process: (model path, mtime, device) -> model
-
-
-def cached_model(job: Job):
-    path = job.inputs["train_cam"] / train_cam.MODEL_FILE
-    key = (str(path), path.stat().st_mtime_ns, job.device)
-    if key not in _MODELS:
-        _MODELS.clear()
-        _MODELS[key] = train_cam.load_trained(job.inputs["train_cam"], job.device)
-    return _MODELS[key]
+from . import load_cached, train_cam
 
 
 def process(job: Job, ids: list[str]) -> None:
     """Writes ``<id>.npz``: ``classes`` (K,), ``cam`` (K, ceil(H/4), ceil(W/4)) and
     ``high_res`` (K, H, W), float16, each channel max-normalised."""
-    model = cached_model(job)
+    model = load_cached(job.inputs["train_cam"] / train_cam.MODEL_FILE, job.device, train_cam.load_trained)
     c = job.cfg["make_cam"]
     for image_id in ids:
         classes = job.dataset.labels[image_id]

@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import torch
 
+from .affinity import pad_for_all_sources, path_max
 from .path_index import path_index
 
 
@@ -26,26 +27,16 @@ def pair_affinities(boundary: np.ndarray, radius: int) -> tuple[np.ndarray, np.n
     Returns flat indices ``src``, ``dst`` and affinities ``1 - max(boundary along the path)``.
     """
     h, w = boundary.shape
-    pi = path_index(radius)
-    flat = np.arange(h * w).reshape(h, w)
-    srcs, dsts, affs = [], [], []
-    for group in pi.groups:
-        for cells in group:
-            dy, dx = cells[np.abs(cells).sum(1).argmax()]    # the far end of the path
-            y0, y1 = 0, h - dy                                 # sources whose target is inside
-            x0, x1 = max(0, -dx), min(w, w - dx)
-            if y1 <= y0 or x1 <= x0:
-                continue
-            path_max = np.zeros((y1 - y0, x1 - x0), boundary.dtype)
-            for py, px in cells:
-                np.maximum(path_max, boundary[y0 + py:y1 + py, x0 + px:x1 + px], out=path_max)
-            srcs.append(flat[y0:y1, x0:x1].ravel())
-            dsts.append(flat[y0 + dy:y1 + dy, x0 + dx:x1 + dx].ravel())
-            affs.append(1.0 - path_max.ravel())
-    if not srcs:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, np.zeros(0, boundary.dtype)
-    return np.concatenate(srcs), np.concatenate(dsts), np.concatenate(affs)
+    with torch.no_grad():
+        padded = pad_for_all_sources(torch.from_numpy(np.ascontiguousarray(boundary)), radius)
+        aff = (1.0 - path_max(padded, radius)).numpy()          # (D, h, w)
+    dirs = path_index(radius).directions
+    yy, xx = np.mgrid[0:h, 0:w]
+    ty = yy[None] + dirs[:, 0, None, None]
+    tx = xx[None] + dirs[:, 1, None, None]
+    inside = (ty < h) & (tx >= 0) & (tx < w)
+    src = np.broadcast_to((yy * w + xx)[None], inside.shape)[inside]
+    return src, (ty * w + tx)[inside], aff[inside]
 
 
 def transition_operator(boundary: np.ndarray, radius: int = 5, beta: float = 10.0):

@@ -48,6 +48,11 @@ class Dataset:
     def image_path(self, image_id: str) -> Path:
         raise NotImplementedError
 
+    @property
+    def image_dir(self) -> Path:
+        """The directory that image file names (as in COCO exports) are relative to."""
+        return self.root
+
     def load_image(self, image_id: str) -> np.ndarray:
         return read_rgb(self.image_path(image_id))
 

@@ -24,6 +24,10 @@ class VOCDataset(Dataset):
     def image_path(self, image_id: str) -> Path:
         return self.root / "JPEGImages" / f"{image_id}.jpg"
 
+    @property
+    def image_dir(self) -> Path:
+        return self.root / "JPEGImages"
+
     def semantic_gt(self, image_id: str) -> np.ndarray:
         return read_label_png(self.root / "SegmentationClass" / f"{image_id}.png")
 

@@ -1,0 +1,63 @@
+"""Evaluate the pseudo-labels against ground truth: semantic mIoU, VOC instance mAP, COCO AP."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wsis.coco import annotation, coco_evaluate, image_entries, write_instances
+from wsis.io import read_json, read_label_png, read_npz, write_json
+from wsis.metrics import confusion_matrix, instance_ap, iou_from_confusion, mean_iou
+
+from ..engine import METRICS, Job
+from .export import EXPORT_FILE
+
+
+def run_semantic(job: Job) -> None:
+    ds = job.dataset
+    n = ds.num_classes + 1
+    conf = np.zeros((n, n), np.int64)
+    progress = job.progress(len(job.ids))
+    for image_id in job.ids:
+        conf += confusion_matrix(ds.semantic_gt(image_id), read_label_png(job.inputs["sem_seg"] / f"{image_id}.png"), n)
+        progress.update(1)
+    iou = iou_from_confusion(conf)
+    split = job.cfg["data"]["infer_split"]
+    result = {"images": len(job.ids), "miou": mean_iou(conf),
+              "iou": {k: (None if np.isnan(v) else float(v)) for k, v in zip(("background",) + ds.class_names, iou)}}
+    print(f"eval_sem_seg [{split}]: random-walk semantic mIoU {100 * result['miou']:.1f}", flush=True)
+    write_json(job.out_dir / METRICS, {split: result})
+
+
+def run_instance(job: Job) -> None:
+    ds = job.dataset
+    thresholds = [float(t) for t in job.cfg["eval_ins_seg"]["iou_thresholds"]]
+    predictions, truths = [], []
+    images = image_entries(ds, job.ids)
+    gt_anns = []
+    progress = job.progress(len(job.ids))
+    for entry, image_id in zip(images, job.ids):
+        z = read_npz(job.inputs["ins_seg"] / f"{image_id}.npz")
+        n = len(z["classes"])
+        masks = z["instances"][None] == np.arange(1, n + 1)[:, None, None]
+        predictions.append((masks, z["classes"], z["scores"]))
+        gt = ds.instance_gt(image_id)
+        truths.append((gt.masks, gt.classes))
+        for m, cls in zip(gt.masks, gt.classes):
+            gt_anns.append(annotation(m, cls, entry["id"], len(gt_anns) + 1))
+        progress.update(1)
+    aps = instance_ap(predictions, truths, ds.num_classes, thresholds)
+    result: dict = {"images": len(job.ids)}
+    for t in thresholds:
+        result[f"mAP{round(100 * t)}"] = float(np.nanmean(aps[t])) if not np.isnan(aps[t]).all() else 0.0
+    result["ap50_per_class"] = {k: (None if np.isnan(v) else float(v))
+                                for k, v in zip(ds.class_names, aps.get(0.5, np.full(ds.num_classes, np.nan)))}
+    gt_path = job.out_dir / "ground_truth_coco.json"
+    write_instances(gt_path, images, gt_anns, ds.class_names)
+    exported = read_json(job.inputs["export"] / EXPORT_FILE)["annotations"]
+    coco = coco_evaluate(gt_path, [{k: a[k] for k in ("image_id", "category_id", "segmentation", "score")}
+                                   for a in exported])
+    result.update({f"coco_{k}": v for k, v in coco.items()})
+    split = job.cfg["data"]["infer_split"]
+    print(f"eval_ins_seg [{split}]: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in result.items()
+                                                  if isinstance(v, float)), flush=True)
+    write_json(job.out_dir / METRICS, {split: result})

@@ -1,0 +1,65 @@
+"""The epoch loop shared by training stages: poly learning rate, progress, a checkpoint after
+every epoch and resume from the last one."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from wsis.io import write_json
+from wsis.training import load_checkpoint, poly_lr, save_checkpoint
+
+from .engine import PROGRESS, Job
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The shuffle of epoch ``epoch``: a function of (seed, epoch) only, so resuming replays it."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int,
+                 num_samples: int, batch_size: int, seed: int,
+                 make_batch: Callable[[np.ndarray, int], object],
+                 compute_loss: Callable[[object], tuple[torch.Tensor, dict]]) -> None:
+    """Train ``model`` in place. ``make_batch(indices, epoch)`` builds a batch from sample
+    indices; ``compute_loss(batch)`` returns (loss, logs). Every optimizer param group needs a
+    ``base_lr``; the rate decays as (1 - step / max_step)^0.9."""
+    batch = min(batch_size, num_samples)
+    steps_per_epoch = num_samples // batch
+    max_step = steps_per_epoch * epochs
+    ckpt_path = job.out_dir / CHECKPOINT_FILE
+    start_epoch = 0
+    if ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path, job.device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch = ckpt["epoch"] + 1
+        print(f"{job.stage}: resuming after epoch {start_epoch} of {epochs}", flush=True)
+    progress = job.progress(max_step - start_epoch * steps_per_epoch, unit="iterations")
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        order = epoch_order(seed, epoch, num_samples)
+        for it in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + it
+            for group in optimizer.param_groups:
+                group["lr"] = poly_lr(group["base_lr"], step, max_step)
+            t0 = time.monotonic()
+            loss, _ = compute_loss(make_batch(order[it * batch:(it + 1) * batch], epoch))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            rate = batch / max(time.monotonic() - t0, 1e-9)
+            progress.update(1, f"epoch {epoch + 1}/{epochs}, loss {loss.item():.4f}, {rate:.1f} img/s")
+        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch)
+        write_json(job.out_dir / PROGRESS, {"done": epoch + 1, "total": epochs, "unit": "epochs"})
+
+
+def finish_training(job: Job, model_file: str, **payload) -> None:
+    """Write the final model atomically, then drop the resume checkpoint."""
+    save_checkpoint(job.out_dir / model_file, **payload)
+    (job.out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)

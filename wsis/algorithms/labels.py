@@ -1,0 +1,26 @@
+"""Score maps -> label maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def scores_to_label(scores: np.ndarray, classes, bg_threshold: float) -> np.ndarray:
+    """Prepend a constant background score, argmax, map channels back to labels 0..C.
+
+    ``scores`` is (K, H, W) for the image's classes ``classes`` (0-based foreground indices)."""
+    h, w = scores.shape[1:]
+    full = np.concatenate([np.full((1, h, w), bg_threshold, scores.dtype), scores], axis=0)
+    lut = np.array([0] + [c + 1 for c in classes], np.uint8)
+    return lut[full.argmax(0)]
+
+
+def upsample_normalised(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) stride-4 scores -> (C, H, W): bilinear x4, cropped to the image, divided by
+    the global maximum (Ahn et al. 2019, steps 5-6)."""
+    x = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))[None]
+    up = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)[0, :, :size[0], :size[1]]
+    peak = float(up.max()) if up.numel() else 0.0
+    return (up / peak if peak > 0 else up).numpy()

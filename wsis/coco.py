@@ -1,0 +1,77 @@
+"""COCO instances JSON: writing pseudo-labels, converting ground truth, evaluating with pycocotools.
+
+Category ids are 1..C in class order (0 is never a category: the reference code's export was
+off by one here); masks are RLE, never polygons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .io import write_json
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def rle_decode(rle: dict) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+    return mask_utils.decode(rle).astype(bool)
+
+
+def categories(class_names) -> list[dict]:
+    return [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(class_names)]
+
+
+def image_entries(dataset, ids) -> list[dict]:
+    """COCO images: id k + 1 for the k-th image of ``ids``; file names relative to
+    ``dataset.image_dir``; sizes from the file headers."""
+    entries = []
+    for k, image_id in enumerate(ids):
+        path = dataset.image_path(image_id)
+        with Image.open(path) as im:
+            w, h = im.size
+        entries.append({"id": k + 1, "file_name": str(path.relative_to(dataset.image_dir)),
+                        "height": h, "width": w, "wsis_id": image_id})
+    return entries
+
+
+def annotation(mask: np.ndarray, class_index: int, image_id: int, ann_id: int, score: float | None = None) -> dict:
+    from pycocotools import mask as mask_utils
+    rle = rle_encode(mask)
+    ann = {"id": ann_id, "image_id": image_id, "category_id": int(class_index) + 1,
+           "segmentation": rle, "area": int(mask.sum()),
+           "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0}
+    if score is not None:
+        ann["score"] = float(score)
+    return ann
+
+
+def write_instances(path: Path, images: list[dict], annotations: list[dict], class_names) -> None:
+    write_json(path, {"info": {"description": "wsis instance pseudo-labels"},
+                      "images": images, "annotations": annotations, "categories": categories(class_names)})
+
+
+def coco_evaluate(gt_path: Path, results: list[dict]) -> dict:
+    """Mask AP, AP50, AP75 of ``results`` against the COCO file ``gt_path`` (pycocotools)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    if not results:
+        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_path))
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, iouType="segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AP75": float(ev.stats[2])}

@@ -1,0 +1,118 @@
+"""IRNet: boundary and displacement branches on a frozen ResNet (Ahn et al., CVPR 2019, step 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..algorithms.affinity import path_max, shifted_targets
+from ..algorithms.path_index import path_index
+from .backbone import ResNetStages, normalize
+
+IGNORE = 255
+
+
+def conv_gn_relu(cin: int, cout: int, groups: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.GroupNorm(groups, cout), nn.ReLU(inplace=True))
+
+
+def resize_to(x: torch.Tensor, size) -> torch.Tensor:
+    return x if x.shape[-2:] == tuple(size) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class IRNet(nn.Module):
+    """Boundary map B and displacement field D at stride 4, from a frozen backbone.
+
+    Boundary branch: each of the five backbone stages -> 1x1 conv to 32 ch + GroupNorm(4) + ReLU,
+    resized to the stride-4 grid, concatenated (160 ch), 1x1 conv to 1 logit.
+    Displacement branch: stages 3-5 -> 256 ch each, fused at stride 8 and brought to stride 4,
+    concatenated with stages 1-2 reduced to 64 and 128 ch, then convs to 2 channels.
+    """
+
+    def __init__(self, backbone: ResNetStages):
+        super().__init__()
+        self.backbone = backbone
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        ch = backbone.channels
+        self.edge = nn.ModuleList([conv_gn_relu(c, 32, 4) for c in ch])
+        self.edge_out = nn.Conv2d(32 * len(ch), 1, 1, bias=True)
+        self.dp_low = nn.ModuleList([conv_gn_relu(ch[0], 64, 8), conv_gn_relu(ch[1], 128, 16)])
+        self.dp_high = nn.ModuleList([conv_gn_relu(c, 256, 16) for c in ch[2:]])
+        self.dp_fuse = conv_gn_relu(256 * 3, 256, 16)
+        self.dp_out = nn.Sequential(conv_gn_relu(64 + 128 + 256, 256, 16), nn.Conv2d(256, 2, 1, bias=False))
+        self.register_buffer("mean_displacement", torch.zeros(2))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()  # fully frozen, BatchNorm included
+        return self
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) in 0..255 -> boundary logits (B, 1, h, w), displacement (B, 2, h, w),
+        h, w = ceil(H/4), ceil(W/4). Displacements are in stride-4 grid cells."""
+        with torch.no_grad():
+            feats = [f.detach() for f in self.backbone(normalize(images))]
+        size = feats[0].shape[-2:]
+        edge = torch.cat([resize_to(m(f), size) for m, f in zip(self.edge, feats)], dim=1)
+        mid = feats[2].shape[-2:]
+        high = torch.cat([resize_to(m(f), mid) for m, f in zip(self.dp_high, feats[2:])], dim=1)
+        high = resize_to(self.dp_fuse(high), size)
+        low = [m(f) for m, f in zip(self.dp_low, feats[:2])]
+        return self.edge_out(edge), self.dp_out(torch.cat(low + [high], dim=1))
+
+    def trainable_groups(self):
+        edge = list(self.edge.parameters()) + list(self.edge_out.parameters())
+        dp = [p for n, p in self.named_parameters() if n.startswith("dp_")]
+        return edge, dp
+
+
+def irn_losses(boundary_logits: torch.Tensor, displacement: torch.Tensor, labels: torch.Tensor,
+               radius: int) -> dict[str, torch.Tensor]:
+    """The four IRNet losses from stride-4 relation labels (B, h, w) (0 bg, c fg, 255 ignore).
+
+    Pairs less than ``radius`` apart with both labels valid are bg-positive (both 0),
+    fg-positive (equal, > 0) or negative (different). With affinity a = 1 - max(B on the path):
+    boundary loss = (pos + neg) / 2, pos = (mean -log a over bg-pos + same over fg-pos) / 2,
+    neg = mean -log(1 - a) over negatives; displacement: fg-pos |D(i) - D(j) - (x_j - x_i)|_1,
+    bg-pos |D(i) - D(j)|_1, each averaged over pairs and both coordinates.
+    """
+    boundary = torch.sigmoid(boundary_logits[:, 0])
+    aff = 1.0 - path_max(boundary, radius)                           # (B, D, hs, ws)
+    src, dst = shifted_targets(labels, radius)
+    src = src.unsqueeze(1)
+    valid = (src < IGNORE) & (dst < IGNORE)
+    bg_pos = (valid & (src == 0) & (dst == 0)).float()
+    fg_pos = (valid & (src == dst) & (src > 0)).float()
+    neg = (valid & (src != dst)).float()
+
+    def mean_over(loss, mask):
+        return (loss * mask).sum() / (mask.sum() + 1e-5)
+
+    pos_loss = -torch.log(aff + 1e-5)
+    bg_pos_loss = mean_over(pos_loss, bg_pos)
+    fg_pos_loss = mean_over(pos_loss, fg_pos)
+    neg_loss = mean_over(-torch.log(1.0 + 1e-5 - aff), neg)
+
+    d_src, d_dst = shifted_targets(displacement, radius)             # (B,2,hs,ws), (B,2,D,hs,ws)
+    diff = d_src.unsqueeze(2) - d_dst                                # D(i) - D(j)
+    dirs = torch.as_tensor(path_index(radius).directions, dtype=diff.dtype, device=diff.device)
+    offset = dirs.T.reshape(1, 2, -1, 1, 1)                          # x_j - x_i
+    dp_fg = mean_over(torch.abs(diff - offset), fg_pos.unsqueeze(1)) / 2
+    dp_bg = mean_over(torch.abs(diff), bg_pos.unsqueeze(1)) / 2
+    pos = (bg_pos_loss + fg_pos_loss) / 2
+    return {"boundary": (pos + neg_loss) / 2, "displacement": (dp_fg + dp_bg) / 2,
+            "bg_pos": bg_pos_loss, "fg_pos": fg_pos_loss, "neg": neg_loss, "dp_fg": dp_fg, "dp_bg": dp_bg}
+
+
+@torch.no_grad()
+def irn_inference(model: IRNet, image: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Boundary map (h, w) in [0, 1] (averaged with the flipped image's) and mean-centred
+    displacement field (2, h, w) at stride 4, for one HxWx3 uint8 image."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
+    logits, disp = model(torch.cat([x, x.flip(-1)]))
+    boundary = torch.sigmoid(logits[0, 0] / 2 + logits[1, 0].flip(-1) / 2)
+    disp = disp[0] - model.mean_displacement.view(2, 1, 1)
+    return boundary.cpu().numpy(), disp.cpu().numpy()
