@@ -257,6 +257,14 @@ class Pipeline:
         return metrics
 
 
+    def exported_path(self) -> Path | None:
+        """The COCO JSON of the export stage, when it is done."""
+        stage = self.stages.get("export")
+        if stage is None or self.state(stage).status != "done":
+            return None
+        return self.out_dir(stage) / "pseudo_labels.json"
+
+
 def stale_reason(old: dict, new: dict) -> str:
     reasons = []
     for sec, h in new["config"].items():

@@ -42,9 +42,9 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_data, tmp_path_factory) -> Path:
-    """A work dir where train_cam, make_cam and eval_cam are done on the tiny dataset."""
+    """A work dir where every stage is done on the tiny dataset."""
     work = tmp_path_factory.mktemp("runs") / "tiny"
-    wsis("run", "--stage", "eval_cam", *tiny_args(tiny_data, work))
+    wsis("run", "--stage", "all", *tiny_args(tiny_data, work))
     return work
 
 

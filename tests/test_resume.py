@@ -8,12 +8,12 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import WSIS, tiny_args, wsis
-from wsis.io import read_npz
+from wsis.io import read_label_png, read_npz
 
-SLOW_CAMS = ("--set", "make_cam.scales=[1.0, 2.0, 3.0]", "--set", "run.chunk_size=1")
 
 
 def start(*args):
@@ -31,32 +31,48 @@ def kill_when(proc, condition, timeout=300):
     proc.wait()
 
 
-def test_make_cam_resumes_after_sigkill(tiny_data, tiny_run, tmp_path):
+# Each per-image stage, with settings that make it slow enough to be killed midway.
+PER_IMAGE = [
+    ("make_cam", ("--set", "make_cam.scales=[1.0, 2.0, 3.0]"), 24, ".npz"),
+    ("ir_label", ("--set", "ir_label.iterations=300"), 16, ".png"),
+    ("sem_seg", ("--set", "random_walk.exp_times=14"), 16, ".png"),
+    ("ins_seg", ("--set", "random_walk.exp_times=14"), 16, ".npz"),
+]
+
+
+def read_output(path):
+    return read_npz(path) if path.suffix == ".npz" else {"label": read_label_png(path)}
+
+
+@pytest.mark.parametrize("stage, slow, total, ext", PER_IMAGE, ids=[p[0] for p in PER_IMAGE])
+def test_per_image_stage_resumes_after_sigkill(tiny_data, tiny_run, tmp_path, stage, slow, total, ext):
+    slow = slow + ("--set", "run.chunk_size=1")
     full, killed = tmp_path / "full", tmp_path / "killed"
     for d in (full, killed):
         shutil.copytree(tiny_run, d)
-        shutil.rmtree(d / "make_cam")
-    wsis("run", "--stage", "make_cam", *tiny_args(tiny_data, full, *SLOW_CAMS))
+        shutil.rmtree(d / stage)
+    wsis("run", "--stage", stage, *tiny_args(tiny_data, full, *slow))
 
-    out = killed / "make_cam"
-    proc = start("run", "--stage", "make_cam", *tiny_args(tiny_data, killed, *SLOW_CAMS))
-    kill_when(proc, lambda: out.is_dir() and len(list(out.glob("*.npz"))) >= 4)
-    done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npz")}
-    assert 4 <= len(done_before) < 24
+    out = killed / stage
+    proc = start("run", "--stage", stage, *tiny_args(tiny_data, killed, *slow))
+    kill_when(proc, lambda: out.is_dir() and len(list(out.glob("*" + ext))) >= 3)
+    done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("*" + ext)}
+    assert 3 <= len(done_before) < total
 
-    status = wsis("status", *tiny_args(tiny_data, killed, *SLOW_CAMS)).stdout
-    assert f"make_cam     partial ({len(done_before)} of 24 images)" in status
+    status = wsis("status", *tiny_args(tiny_data, killed, *slow)).stdout
+    assert f"{stage:<12} partial ({len(done_before)} of {total} images)" in status
 
-    rerun = wsis("run", "--stage", "make_cam", *tiny_args(tiny_data, killed, *SLOW_CAMS))
-    assert f"computing {24 - len(done_before)} of 24 images ({len(done_before)} already done)" in rerun.stderr
+    rerun = wsis("run", "--stage", stage, *tiny_args(tiny_data, killed, *slow))
+    left = total - len(done_before)
+    assert f"{stage}: computing {left} of {total} images ({len(done_before)} already done)" in rerun.stderr
     assert "train_cam: up to date" in rerun.stderr
     for name, mtime in done_before.items():
         assert (out / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
-    names = sorted(p.name for p in (full / "make_cam").glob("*.npz"))
-    assert names == sorted(p.name for p in out.glob("*.npz")) and len(names) == 24
+    names = sorted(p.name for p in (full / stage).glob("*" + ext))
+    assert names == sorted(p.name for p in out.glob("*" + ext)) and len(names) == total
     for name in names:
-        a, b = read_npz(full / "make_cam" / name), read_npz(out / name)
+        a, b = read_output(full / stage / name), read_output(out / name)
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])

@@ -126,6 +126,9 @@ def run(stage, force, workers, scheduler, **common):
     if metrics:
         click.echo(metrics_table(metrics))
         click.echo(f"metrics: {session.work_dir / 'metrics.json'}")
+    exported = pipeline.exported_path()
+    if exported is not None:
+        click.echo(f"pseudo-labels (COCO JSON): {exported}")
 
 
 @main.command()

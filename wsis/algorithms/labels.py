@@ -20,7 +20,9 @@ def scores_to_label(scores: np.ndarray, classes, bg_threshold: float) -> np.ndar
 def upsample_normalised(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(C, h, w) stride-4 scores -> (C, H, W): bilinear x4, cropped to the image, divided by
     the global maximum (Ahn et al. 2019, steps 5-6)."""
+    if scores.shape[0] == 0:
+        return np.zeros((0,) + tuple(size), np.float32)
     x = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))[None]
     up = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)[0, :, :size[0], :size[1]]
-    peak = float(up.max()) if up.numel() else 0.0
+    peak = float(up.max())
     return (up / peak if peak > 0 else up).numpy()

@@ -1,0 +1,73 @@
+import numpy as np
+
+from wsis.algorithms.instances import (bilinear_sample, cluster_instances, detections, find_centroids,
+                                       instance_seeds)
+from wsis.algorithms.labels import upsample_normalised
+
+
+def two_centre_field(h=20, w=30, centres=((10, 7), (10, 22))):
+    """Displacement pointing from every pixel to the nearer of two centres; pixel labels."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(float)
+    d = [np.hypot(ys - cy, xs - cx) for cy, cx in centres]
+    owner = np.argmin(d, axis=0)
+    cy = np.choose(owner, [c[0] for c in centres])
+    cx = np.choose(owner, [c[1] for c in centres])
+    return np.stack([cy - ys, cx - xs]), owner
+
+
+def test_bilinear_sample_hand_case():
+    f = np.array([[[0.0, 1.0], [2.0, 3.0]]])
+    np.testing.assert_allclose(bilinear_sample(f, np.array([0.5, 0, 1]), np.array([0.5, 1, 1])), [[1.5, 1.0, 3.0]])
+
+
+def test_centroids_and_clusters_split_two_instances():
+    field, owner = two_centre_field()
+    # a displacement that only moves halfway still converges to the centres
+    cents = find_centroids(0.5 * field, iterations=60)
+    assert set(map(tuple, cents.reshape(2, -1).T.tolist())) == {(10, 7), (10, 22)}
+    inst = cluster_instances(0.5 * field, cents, threshold=2.5)
+    assert inst.max() == 2
+    # each instance is exactly one owner region
+    for k in (1, 2):
+        assert len(np.unique(owner[inst == k])) == 1
+    assert (inst > 0).all()
+
+
+def test_no_weak_region_means_no_instance():
+    field = np.full((2, 8, 8), 5.0)
+    inst = cluster_instances(field, find_centroids(field, 10), 2.5)
+    assert inst.max() == 0
+    assert instance_seeds(np.ones((2, 8, 8), np.float32), inst).shape == (0, 8, 8)
+
+
+def test_instance_seeds_layout():
+    inst = np.array([[1, 1, 2], [0, 2, 2]])
+    cams = np.stack([np.full((2, 3), 0.5), np.full((2, 3), 0.8)]).astype(np.float32)
+    seeds = instance_seeds(cams, inst)
+    assert seeds.shape == (4, 2, 3)        # channel k * I + i
+    np.testing.assert_allclose(seeds[0], 0.5 * (inst == 1))
+    np.testing.assert_allclose(seeds[3], 0.8 * (inst == 2))
+
+
+def test_detections_components_classes_scores():
+    h, w = 20, 20
+    scores = np.zeros((4, h, w), np.float32)   # classes [3, 7] x 2 instances
+    scores[0, 2:8, 2:8] = 0.9                  # class 3, instance 1
+    scores[0, 12:18, 12:18] = 0.6              # same channel, second component
+    scores[3, 2:8, 12:18] = 1.0                # class 7, instance 2
+    scores[3, 19, 0] = 0.7                     # a 1-pixel speck: under 1% of the image
+    inst, cls, sc = detections(scores, [3, 7], 2, bg_threshold=0.25)
+    assert cls.tolist() == [3, 3, 7, 7]
+    np.testing.assert_allclose(sc, [0.9, 0.6, 1.0, 0.0])
+    assert (inst[2:8, 2:8] == 1).all() and (inst[12:18, 12:18] == 2).all() and inst[19, 0] == 4
+    assert (inst == 0).sum() == h * w - 36 * 3 - 1
+    empty = detections(np.zeros((0, 5, 5), np.float32), [], 0, 0.25)
+    assert empty[0].shape == (5, 5) and len(empty[1]) == 0 and len(empty[2]) == 0
+
+
+def test_upsample_normalised():
+    s = np.zeros((2, 3, 4), np.float32)
+    s[1, 1, 2] = 4.0
+    up = upsample_normalised(s, (10, 15))
+    assert up.shape == (2, 10, 15) and abs(up.max() - 1.0) < 1e-6
+    assert (upsample_normalised(np.zeros((1, 3, 4), np.float32), (10, 15)) == 0).all()

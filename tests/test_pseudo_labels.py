@@ -1,0 +1,112 @@
+"""The IRN stages end to end on the tiny dataset: outputs, COCO export, metrics, edge cases."""
+
+import json
+
+import numpy as np
+from pycocotools.coco import COCO
+
+from conftest import tiny_args, wsis
+from pipelines.engine import Job
+from pipelines.stages import export, ins_seg, ir_label, sem_seg
+from wsis.config import load_config
+from wsis.data import open_dataset
+from wsis.io import read_label_png, read_npz, write_npz
+
+from conftest import TINY
+
+
+def test_all_stages_write_their_outputs(tiny_data, tiny_run):
+    ds = open_dataset("synthetic", load_config("synthetic", TINY), tiny_data)
+    train = ds.ids("train")
+    for image_id in train:
+        ir = read_label_png(tiny_run / "ir_label" / f"{image_id}.png")
+        sem = read_label_png(tiny_run / "sem_seg" / f"{image_id}.png")
+        z = read_npz(tiny_run / "ins_seg" / f"{image_id}.npz")
+        h, w = ds.semantic_gt(image_id).shape
+        assert ir.shape == sem.shape == z["instances"].shape == (h, w)
+        allowed = {0} | {c + 1 for c in ds.labels[image_id]}
+        assert set(np.unique(ir)) <= allowed | {255}
+        assert set(np.unique(sem)) <= allowed
+        assert set(z["classes"].tolist()) <= set(ds.labels[image_id])
+        assert z["instances"].max() == len(z["classes"]) == len(z["scores"])
+    assert (tiny_run / "train_irn" / "model.pt").is_file()
+
+
+def test_export_loads_with_pycocotools_and_decodes_to_the_pseudo_masks(tiny_data, tiny_run):
+    path = tiny_run / "export" / "pseudo_labels.json"
+    coco = COCO(str(path))
+    ds = open_dataset("synthetic", load_config("synthetic", TINY), tiny_data)
+    assert [c["id"] for c in coco.loadCats(coco.getCatIds())] == [1, 2, 3, 4, 5]
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(ds.class_names)
+    n_total = 0
+    for img in coco.loadImgs(coco.getImgIds()):
+        image_id = img["wsis_id"]
+        assert (ds.image_dir / img["file_name"]) == ds.image_path(image_id)
+        z = read_npz(tiny_run / "ins_seg" / f"{image_id}.npz")
+        assert (img["height"], img["width"]) == z["instances"].shape
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
+        assert len(anns) == len(z["classes"])          # default thresholds keep every detection
+        for n, ann in enumerate(anns, start=1):
+            mask = z["instances"] == n
+            assert np.array_equal(coco.annToMask(ann).astype(bool), mask)
+            assert ann["category_id"] == z["classes"][n - 1] + 1
+            assert ann["area"] == mask.sum() and abs(ann["score"] - z["scores"][n - 1]) < 1e-6
+            ys, xs = np.nonzero(mask)
+            assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        n_total += len(anns)
+    assert n_total > 0
+
+
+def test_metrics_table_and_export_path_are_printed(tiny_data, tiny_run):
+    proc = wsis("run", "--stage", "all", *tiny_args(tiny_data, tiny_run))
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(metrics) == {"eval_cam", "eval_sem_seg", "eval_ins_seg"}
+    ins = metrics["eval_ins_seg"]["train"]
+    for key in ("mAP25", "mAP50", "mAP70", "mAP75", "coco_AP", "coco_AP50", "coco_AP75"):
+        assert 0.0 <= ins[key] <= 1.0
+    assert ins["mAP25"] >= ins["mAP50"] >= ins["mAP70"] >= ins["mAP75"]
+    assert "mAP50" in proc.stdout and "eval_sem_seg" in proc.stdout
+    assert f"pseudo-labels (COCO JSON): {tiny_run / 'export' / 'pseudo_labels.json'}" in proc.stdout
+
+
+def test_export_thresholds(tiny_data, tiny_run, tmp_path):
+    import shutil
+    work = tmp_path / "w"
+    shutil.copytree(tiny_run, work)
+    wsis("run", "--stage", "export", *tiny_args(tiny_data, work, "--set", "export.min_area=60",
+                                                "--set", "export.score_threshold=0.5"))
+    anns = json.loads((work / "export" / "pseudo_labels.json").read_text())["annotations"]
+    assert all(a["area"] >= 60 and a["score"] >= 0.5 for a in anns)
+
+
+def test_images_without_foreground_or_instances_give_valid_empty_outputs(tiny_data, tiny_run, tmp_path):
+    """No class at all, CAMs with no confident foreground, and no instance found."""
+    cfg = load_config("synthetic", TINY)
+    ds = open_dataset("synthetic", cfg, tiny_data)
+    image_id = ds.ids("train")[0]
+    h, w = ds.semantic_gt(image_id).shape
+    cams_dir = tmp_path / "make_cam"
+    cases = {
+        "no_class": dict(classes=np.zeros(0, np.int64), cam=np.zeros((0, (h + 3) // 4, (w + 3) // 4), np.float16),
+                         high_res=np.zeros((0, h, w), np.float16)),
+        "weak_cam": dict(classes=np.array([1]), cam=np.zeros((1, (h + 3) // 4, (w + 3) // 4), np.float16),
+                         high_res=np.zeros((1, h, w), np.float16)),
+    }
+    for name, arrays in cases.items():
+        write_npz(cams_dir / f"{image_id}.npz", **arrays)
+        for stage, module in (("ir_label", ir_label), ("sem_seg", sem_seg), ("ins_seg", ins_seg)):
+            out = tmp_path / name / stage
+            out.mkdir(parents=True)
+            job = Job(stage, cfg, ds, (image_id,), out, {"make_cam": cams_dir, "train_irn": tiny_run / "train_irn"})
+            module.process(job, [image_id])
+        ir = read_label_png(tmp_path / name / "ir_label" / f"{image_id}.png")
+        assert set(np.unique(ir)) <= {0, 255} and ir.shape == (h, w)
+        assert (read_label_png(tmp_path / name / "sem_seg" / f"{image_id}.png") == 0).all()
+        z = read_npz(tmp_path / name / "ins_seg" / f"{image_id}.npz")
+        assert z["instances"].shape == (h, w) and len(z["classes"]) == len(z["scores"])
+        out = tmp_path / name / "export"
+        out.mkdir()
+        export.run(Job("export", cfg, ds, (image_id,), out, {"ins_seg": tmp_path / name / "ins_seg"}))
+        assert COCO(str(out / "pseudo_labels.json")).getImgIds() == [1]
+    assert (read_label_png(tmp_path / "no_class" / "ir_label" / f"{image_id}.png") == 0).all()
+    assert len(read_npz(tmp_path / "no_class" / "ins_seg" / f"{image_id}.npz")["classes"]) == 0
