@@ -56,7 +56,8 @@ class Stage:
 
     ``run(job)`` computes a whole stage in the driver (training, evaluation);
     ``per_image(job, ids)`` computes the outputs ``output_name.format(id=...)`` of a chunk of
-    images and runs as a Dask task. Exactly one of the two is given.
+    images and runs as a Dask task. Exactly one of the two is given, as a function or as
+    "module:function" under ``pipelines.stages`` (imported when the stage runs).
     """
     name: str
     description: str
@@ -64,14 +65,22 @@ class Stage:
     sections: tuple[str, ...]
     version: int
     image_splits: Callable[[dict], list[str]]
-    run: Callable[[Job], None] | None = None
-    per_image: Callable[[Job, list[str]], None] | None = None
+    run: Callable[[Job], None] | str | None = None
+    per_image: Callable[[Job, list[str]], None] | str | None = None
     output_name: str = "{id}.npz"
     needs_masks: bool = False     # evaluation: skipped on datasets without masks
     reads_images: bool = True     # its images are checked before the run starts
 
     def output_path(self, out_dir: Path, image_id: str) -> Path:
         return out_dir / self.output_name.format(id=image_id)
+
+    def function(self, which: str) -> Callable:
+        fn = getattr(self, which)
+        if isinstance(fn, str):
+            import importlib
+            module, name = fn.split(":")
+            fn = getattr(importlib.import_module(f"pipelines.stages.{module}"), name)
+        return fn
 
 
 @dataclass
@@ -88,7 +97,7 @@ class Pipeline:
     cfg: dict
     dataset: Dataset
     work_dir: Path
-    device: str = "cpu"
+    device: str = "cpu"          # cpu, cuda, or auto (resolved when a stage runs)
     scheduler: str | None = None
     workers: int = 0
     _fingerprints: dict[str, tuple[str, dict]] = field(default_factory=dict)
@@ -172,6 +181,8 @@ class Pipeline:
                 todo.append(stage)
         if not todo:
             return []
+        from wsis.device import resolve_device
+        self.device = resolve_device(self.device)   # "auto" -> cpu/cuda, only when work is due
         with self._lock():
             self._check_images(todo)
             write_bytes(self.work_dir / "config.toml", dumps_toml(self.cfg).encode())
@@ -238,7 +249,7 @@ class Pipeline:
                 raise RuntimeError(f"{stage.name}: no output for {len(missing)} images, e.g. {missing[0]}")
         else:
             say(f"{stage.name}: {stage.description}")
-            stage.run(job)
+            stage.function("run")(job)
         manifest.update(status="done", seconds=round(time.monotonic() - start, 2))
         (out / PROGRESS).unlink(missing_ok=True)
         write_json(out / MANIFEST, manifest)
@@ -353,7 +364,8 @@ class DaskRunner:
         chunk = max(1, int(job.cfg["run"]["chunk_size"]))
         chunks = [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
         [job_future] = client.scatter([job], broadcast=True, hash=False)
-        futures = [client.submit(_run_chunk, stage.per_image, job_future, c, pure=False) for c in chunks]
+        fn = stage.function("per_image")
+        futures = [client.submit(_run_chunk, fn, job_future, c, pure=False) for c in chunks]
         progress = Progress(stage.name, len(ids))
         try:
             for fut in as_completed(futures):

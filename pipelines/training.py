@@ -22,6 +22,13 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def sgd(groups: list[tuple[list, float]], momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD over (params, learning rate) groups; each group keeps its rate as ``base_lr`` for
+    the poly schedule of ``run_training``."""
+    return torch.optim.SGD([{"params": p, "lr": lr, "base_lr": lr} for p, lr in groups],
+                           lr=groups[0][1], momentum=momentum, weight_decay=weight_decay)
+
+
 def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int,
                  num_samples: int, batch_size: int, seed: int,
                  make_batch: Callable[[np.ndarray, int], object],

@@ -77,8 +77,9 @@ class Session:
             click.echo(f"wsis: note: {note}", err=True)
         return ds
 
-    def check_work_dir(self):
-        """A work dir holds one dataset's cache; refuse to mix another into it."""
+    def check_work_dir(self, record: bool):
+        """A work dir holds one dataset's cache; refuse to mix another into it. ``record``
+        writes this run's identity into a new work dir."""
         from .io import read_json, write_json
         path = self.work_dir / "run.json"
         identity = {"dataset": self.kind, "data_root": str(self.data_root.resolve())}
@@ -88,17 +89,16 @@ class Session:
                 if old.get(key) != identity[key]:
                     raise ConfigError(f"{path}: this work dir caches {key} '{old.get(key)}', not "
                                       f"'{identity[key]}'; pass another --work-dir")
-        else:
+        elif record:
             write_json(path, identity)
 
-    def pipeline(self, scheduler=None, workers=0):
+    def pipeline(self, scheduler=None, workers=0, record=False):
         from pipelines.dag import STAGES
         from pipelines.engine import Pipeline
-        from .training import resolve_device
         dataset = self.open_dataset()
-        self.check_work_dir()
+        self.check_work_dir(record)
         workers = workers or self.cfg["run"]["workers"]
-        return Pipeline(STAGES, self.cfg, dataset, self.work_dir, resolve_device(self.device_request),
+        return Pipeline(STAGES, self.cfg, dataset, self.work_dir, self.device_request,
                         scheduler, workers)
 
 
@@ -120,7 +120,7 @@ def run(stage, force, workers, scheduler, **common):
     """Run STAGE after whatever it needs that is missing or stale."""
     from pipelines.report import metrics_table
     session = Session(**common)
-    pipeline = session.pipeline(scheduler, workers)
+    pipeline = session.pipeline(scheduler, workers, record=True)
     pipeline.run(stage, force=force)
     metrics = pipeline.collect_metrics()
     if metrics:

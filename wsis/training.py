@@ -6,18 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import WsisError
 from .io import atomic_path
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise WsisError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    if device not in ("cpu", "cuda"):
-        raise WsisError(f"--device {device}: expected auto, cpu or cuda")
-    return device
 
 
 def poly_lr(base_lr: float, step: int, max_step: int, power: float = 0.9) -> float:

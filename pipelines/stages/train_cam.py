@@ -11,7 +11,7 @@ from wsis.training import load_checkpoint
 from wsis.transforms import cam_train_augment
 
 from ..engine import Job
-from ..training import finish_training, run_training
+from ..training import finish_training, run_training, sgd
 
 MODEL_FILE = "model.pt"
 
@@ -34,11 +34,8 @@ def run(job: Job) -> None:
     torch.manual_seed(c["seed"])
     model = build_model(job.dataset.num_classes, b).to(job.device)
     backbone_params, head_params = model.param_groups()
-    head_lr = c["lr"] * c["head_lr_mult"]
-    optimizer = torch.optim.SGD(
-        [{"params": backbone_params, "lr": c["lr"], "base_lr": c["lr"]},
-         {"params": head_params, "lr": head_lr, "base_lr": head_lr}],
-        lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"])
+    optimizer = sgd([(backbone_params, c["lr"]), (head_params, c["lr"] * c["head_lr_mult"])],
+                    c["momentum"], c["weight_decay"])
 
     def make_batch(indices, epoch):
         """Augmented crops and labels; the RNG depends only on (seed, epoch, image index), so

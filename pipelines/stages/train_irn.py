@@ -13,7 +13,7 @@ from wsis.training import load_checkpoint
 from wsis.transforms import irn_train_augment
 
 from ..engine import Job
-from ..training import finish_training, run_training
+from ..training import finish_training, run_training, sgd
 from . import train_cam
 
 MODEL_FILE = "model.pt"
@@ -41,11 +41,8 @@ def run(job: Job) -> None:
     torch.manual_seed(c["seed"])
     model = IRNet(make_backbone(c["backbone_init"], job.cfg["backbone"], job.inputs["train_cam"])).to(job.device)
     edge_params, dp_params = model.trainable_groups()
-    dp_lr = c["lr"] * c["displacement_lr_mult"]
-    optimizer = torch.optim.SGD(
-        [{"params": edge_params, "lr": c["lr"], "base_lr": c["lr"]},
-         {"params": dp_params, "lr": dp_lr, "base_lr": dp_lr}],
-        lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"])
+    optimizer = sgd([(edge_params, c["lr"]), (dp_params, c["lr"] * c["displacement_lr_mult"])],
+                    c["momentum"], c["weight_decay"])
     labels_dir = job.inputs["ir_label"]
 
     def make_batch(indices, epoch):
