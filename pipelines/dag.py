@@ -16,6 +16,10 @@ def infer_split(cfg: dict) -> list[str]:
     return [cfg["data"]["infer_split"]]
 
 
+def eval_split(cfg: dict) -> list[str]:
+    return [cfg["data"]["eval_split"]]
+
+
 def infer_and_eval_splits(cfg: dict) -> list[str]:
     return [cfg["data"]["infer_split"], cfg["data"]["eval_split"]]
 
@@ -50,4 +54,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("eval_ins_seg", "instance pseudo-label mAP and COCO AP", upstream=("ins_seg", "export"),
           sections=("eval_ins_seg",), version=1, image_splits=infer_split,
           run="eval_pseudo:run_instance", needs_masks=True, reads_images=False),
+    Stage("train_seg", "train the instance-segmentation model on the pseudo-labels",
+          upstream=("export", "train_cam"), sections=("backbone", "seg", "solo", "yolact", "centermask"),
+          version=1, image_splits=infer_split, run="train_seg:run"),
+    Stage("eval_seg", "instance-segmentation model: COCO AP and VOC mAP50", upstream=("train_seg",),
+          sections=("seg",), version=1, image_splits=eval_split, run="eval_seg:run", needs_masks=True),
 ]}

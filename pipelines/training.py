@@ -32,10 +32,12 @@ def sgd(groups: list[tuple[list, float]], momentum: float, weight_decay: float) 
 def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int,
                  num_samples: int, batch_size: int, seed: int,
                  make_batch: Callable[[np.ndarray, int], object],
-                 compute_loss: Callable[[object], tuple[torch.Tensor, dict]]) -> None:
+                 compute_loss: Callable[[object], tuple[torch.Tensor, dict]],
+                 warmup_iters: int = 0, grad_clip: float | None = None) -> None:
     """Train ``model`` in place. ``make_batch(indices, epoch)`` builds a batch from sample
     indices; ``compute_loss(batch)`` returns (loss, logs). Every optimizer param group needs a
-    ``base_lr``; the rate decays as (1 - step / max_step)^0.9."""
+    ``base_lr``; the rate decays as (1 - step / max_step)^0.9, after a linear warm-up over
+    ``warmup_iters`` steps; gradients are clipped to norm ``grad_clip`` when given."""
     batch = min(batch_size, num_samples)
     steps_per_epoch = num_samples // batch
     max_step = steps_per_epoch * epochs
@@ -53,12 +55,15 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
         order = epoch_order(seed, epoch, num_samples)
         for it in range(steps_per_epoch):
             step = epoch * steps_per_epoch + it
+            warm = min(1.0, (step + 1) / warmup_iters) if warmup_iters else 1.0
             for group in optimizer.param_groups:
-                group["lr"] = poly_lr(group["base_lr"], step, max_step)
+                group["lr"] = poly_lr(group["base_lr"], step, max_step) * warm
             t0 = time.monotonic()
             loss, _ = compute_loss(make_batch(order[it * batch:(it + 1) * batch], epoch))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
             rate = batch / max(time.monotonic() - t0, 1e-9)
             progress.update(1, f"epoch {epoch + 1}/{epochs}, loss {loss.item():.4f}, {rate:.1f} img/s")

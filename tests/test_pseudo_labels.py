@@ -60,12 +60,19 @@ def test_export_loads_with_pycocotools_and_decodes_to_the_pseudo_masks(tiny_data
 def test_metrics_table_and_export_path_are_printed(tiny_data, tiny_run):
     proc = wsis("run", "--stage", "all", *tiny_args(tiny_data, tiny_run))
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert set(metrics) == {"eval_cam", "eval_sem_seg", "eval_ins_seg"}
+    assert set(metrics) == {"eval_cam", "eval_sem_seg", "eval_ins_seg", "eval_seg"}
+    seg = metrics["eval_seg"]["val"]
+    assert seg["model"] == "solov2" and seg["images"] == 8
+    for key in ("mAP50", "coco_AP", "coco_AP50", "coco_AP75"):
+        assert 0.0 <= seg[key] <= 1.0
     ins = metrics["eval_ins_seg"]["train"]
     for key in ("mAP25", "mAP50", "mAP70", "mAP75", "coco_AP", "coco_AP50", "coco_AP75"):
         assert 0.0 <= ins[key] <= 1.0
     assert ins["mAP25"] >= ins["mAP50"] >= ins["mAP70"] >= ins["mAP75"]
-    assert "mAP50" in proc.stdout and "eval_sem_seg" in proc.stdout
+    # one table: the model's val mAP50 beside the pseudo-labels' mAP50
+    table = [line.split() for line in proc.stdout.splitlines()]
+    assert ["eval_ins_seg", "train", "mAP50"] in [row[:3] for row in table]
+    assert ["eval_seg", "val", "mAP50"] in [row[:3] for row in table]
     assert f"pseudo-labels (COCO JSON): {tiny_run / 'export' / 'pseudo_labels.json'}" in proc.stdout
 
 

@@ -159,5 +159,57 @@ def synth(seed, **common):
     click.echo(f"{'wrote' if made else 'already present:'} {session.data_root}")
 
 
+@main.command("train-seg")
+@click.option("--coco", "coco_json", type=click.Path(path_type=Path), required=True,
+              help="COCO instances JSON to train on.")
+@click.option("--images", type=click.Path(path_type=Path), required=True,
+              help="Directory the JSON's file names are relative to.")
+@click.option("--force", is_flag=True, help="Retrain even if an up-to-date model exists.")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=None,
+              help="Where the model is written [default: runs/train-seg-<json name>].")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@user_errors
+def train_seg(coco_json, images, force, work_dir, config_file, overrides, device):
+    """Train the instance-segmentation model (seg.model) on your own COCO JSON."""
+    import dataclasses
+    from pipelines.dag import STAGES
+    from pipelines.engine import Pipeline
+    overrides = tuple(overrides) + (f"seg.train_json={json_string(coco_json)}", f"seg.train_images={json_string(images)}")
+    session = Session(work_dir or Path("runs") / f"train-seg-{Path(coco_json).stem}", "coco", images, coco_json,
+                      None, config_file, overrides, device)
+    if session.cfg["seg"]["backbone_init"] == "cam":
+        raise ConfigError("train-seg: seg.backbone_init = 'cam' needs the CAM stage; use 'pretrained'")
+    stage = dataclasses.replace(STAGES["train_seg"], upstream=())
+    pipeline = Pipeline({"train_seg": stage}, session.cfg, session.open_dataset(), session.work_dir,
+                        session.device_request)
+    pipeline.run("train_seg", force=force)
+    click.echo(f"model: {pipeline.out_dir(stage) / 'model.pt'}")
+
+
+def json_string(value) -> str:
+    import json
+    return json.dumps(str(value))
+
+
+@main.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
+              help="A model.pt written by train_seg / train-seg.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("predictions"), show_default=True,
+              help="Output directory: predictions.json and overlays/.")
+@click.option("--score-threshold", type=float, default=0.3, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@user_errors
+def predict(checkpoint, images, out, score_threshold, device):
+    """Segment IMAGES with a trained model: a COCO JSON of the detections and overlay PNGs."""
+    from .predict import predict_images
+    from .device import resolve_device
+    path = predict_images(checkpoint, list(images), out, score_threshold, resolve_device(device))
+    click.echo(f"predictions: {path}")
+    click.echo(f"overlays: {out / 'overlays'}")
+
+
 if __name__ == "__main__":
     main()

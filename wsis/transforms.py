@@ -61,3 +61,15 @@ def irn_train_augment(image: np.ndarray, label: np.ndarray, rng: np.random.Gener
         image, label = image[:, ::-1], label[:, ::-1]
     image, label = random_crop([image, label], [MEAN_RGB, ignore], crop_size, rng)
     return image, label
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """Scale the long side to ``size`` and pad (bottom, right) to size x size with the mean
+    colour. Returns (canvas, scale, (height, width) of the image inside the canvas)."""
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    canvas = np.empty((size, size, 3), np.uint8)
+    canvas[...] = MEAN_RGB
+    canvas[:nh, :nw] = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    return canvas, scale, (nh, nw)

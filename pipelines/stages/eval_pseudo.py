@@ -28,22 +28,30 @@ def run_semantic(job: Job) -> None:
     write_json(job.out_dir / METRICS, {split: result})
 
 
+def ground_truth_coco(ds, ids, path):
+    """Write the ground truth of ``ids`` as a COCO file; returns (path, image entries)."""
+    images = image_entries(ds, ids)
+    anns: list[dict] = []
+    for entry, image_id in zip(images, ids):
+        gt = ds.instance_gt(image_id)
+        for m, cls in zip(gt.masks, gt.classes):
+            anns.append(annotation(m, cls, entry["id"], len(anns) + 1))
+    write_instances(path, images, anns, ds.class_names)
+    return path, images
+
+
 def run_instance(job: Job) -> None:
     ds = job.dataset
     thresholds = [float(t) for t in job.cfg["eval_ins_seg"]["iou_thresholds"]]
     predictions, truths = [], []
-    images = image_entries(ds, job.ids)
-    gt_anns = []
     progress = job.progress(len(job.ids))
-    for entry, image_id in zip(images, job.ids):
+    for image_id in job.ids:
         z = read_npz(job.inputs["ins_seg"] / f"{image_id}.npz")
         n = len(z["classes"])
         masks = z["instances"][None] == np.arange(1, n + 1)[:, None, None]
         predictions.append((masks, z["classes"], z["scores"]))
         gt = ds.instance_gt(image_id)
         truths.append((gt.masks, gt.classes))
-        for m, cls in zip(gt.masks, gt.classes):
-            gt_anns.append(annotation(m, cls, entry["id"], len(gt_anns) + 1))
         progress.update(1)
     aps = instance_ap(predictions, truths, ds.num_classes, thresholds)
     result: dict = {"images": len(job.ids)}
@@ -51,8 +59,7 @@ def run_instance(job: Job) -> None:
         result[f"mAP{round(100 * t)}"] = float(np.nanmean(aps[t])) if not np.isnan(aps[t]).all() else 0.0
     result["ap50_per_class"] = {k: (None if np.isnan(v) else float(v))
                                 for k, v in zip(ds.class_names, aps.get(0.5, np.full(ds.num_classes, np.nan)))}
-    gt_path = job.out_dir / "ground_truth_coco.json"
-    write_instances(gt_path, images, gt_anns, ds.class_names)
+    gt_path, _ = ground_truth_coco(ds, job.ids, job.out_dir / "ground_truth_coco.json")
     exported = read_json(job.inputs["export"] / EXPORT_FILE)["annotations"]
     coco = coco_evaluate(gt_path, [{k: a[k] for k in ("image_id", "category_id", "segmentation", "score")}
                                    for a in exported])

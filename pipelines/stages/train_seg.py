@@ -1,0 +1,77 @@
+"""Train an instance-segmentation model (SOLOv2, SOLO, YOLACT, CenterMask) on a COCO JSON:
+the exported pseudo-labels by default, or ``seg.train_json`` / ``seg.train_images``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsis.errors import ConfigError
+from wsis.models.registry import build_instance_model, load_instance_model
+from wsis.seg_data import CocoInstances
+
+from ..engine import Job
+from ..training import finish_training, run_training, sgd
+from . import train_cam
+from .export import EXPORT_FILE
+
+MODEL_FILE = "model.pt"
+HEAD_SECTIONS = ("solo", "yolact", "centermask")
+
+
+def training_data(job: Job) -> CocoInstances:
+    s = job.cfg["seg"]
+    if s["train_json"]:
+        if not s["train_images"]:
+            raise ConfigError("seg.train_json is set but seg.train_images is not")
+        return CocoInstances(Path(s["train_json"]), Path(s["train_images"]))
+    return CocoInstances(job.inputs["export"] / EXPORT_FILE, job.dataset.image_dir)
+
+
+def run(job: Job) -> None:
+    s = job.cfg["seg"]
+    data = training_data(job)
+    torch.manual_seed(s["seed"])
+    heads = {k: job.cfg[k] for k in HEAD_SECTIONS}
+    init = s["backbone_init"]
+    if init not in ("pretrained", "cam"):
+        raise ConfigError(f"seg.backbone_init: '{init}' is not 'pretrained' or 'cam'")
+    model = build_instance_model(s["model"], len(data.class_names), job.cfg["backbone"], heads,
+                                 None if init == "pretrained" else "none", s["fpn_channels"])
+    if init == "cam":
+        if "train_cam" not in job.inputs:
+            raise ConfigError("seg.backbone_init = 'cam' needs the CAM stage; use 'pretrained' with train-seg")
+        cam = train_cam.load_trained(job.inputs["train_cam"], "cpu")
+        model.neck.body.load_state_dict(cam.backbone.state_dict())   # strides are not weights
+    model.to(job.device)
+    optimizer = sgd([([p for p in model.parameters() if p.requires_grad], s["lr"])], s["momentum"],
+                    s["weight_decay"])
+    size = s["input_size"]
+
+    def make_batch(indices, epoch):
+        images, targets = [], []
+        for index in indices:
+            rng = np.random.default_rng([s["seed"], epoch, int(index)])
+            canvas, target = data.sample(int(index), size, flip=s["hflip"] and rng.random() < 0.5)
+            images.append(torch.from_numpy(canvas).permute(2, 0, 1))
+            targets.append({k: v.to(job.device) for k, v in target.items()})
+        return torch.stack(images).float().to(job.device), targets
+
+    def compute_loss(batch):
+        x, targets = batch
+        losses = model.loss(model(x), targets)
+        return sum(losses.values()), losses
+
+    run_training(job, model, optimizer, epochs=s["epochs"], num_samples=len(data), batch_size=s["batch_size"],
+                 seed=s["seed"], make_batch=make_batch, compute_loss=compute_loss,
+                 warmup_iters=s["warmup_iters"], grad_clip=s["grad_clip"])
+    arch = {"model": s["model"], "backbone": dict(job.cfg["backbone"]), "heads": heads, "input_size": size,
+            "fpn_channels": s["fpn_channels"]}
+    # the layout load_instance_model reads
+    finish_training(job, MODEL_FILE, arch=arch, class_names=list(data.class_names), state_dict=model.state_dict())
+
+
+def load_trained(model_dir: Path, device: str):
+    return load_instance_model(model_dir / MODEL_FILE, device)

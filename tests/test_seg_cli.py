@@ -1,0 +1,52 @@
+"""``wsis predict`` and ``wsis train-seg`` on the tiny dataset."""
+
+import numpy as np
+from PIL import Image
+from pycocotools.coco import COCO
+
+from conftest import TINY, wsis
+from wsis.models.registry import load_instance_model
+
+
+def test_predict_writes_coco_json_and_overlays(tiny_data, tiny_run, tmp_path):
+    images = sorted((tiny_data / "JPEGImages").glob("val_*.jpg"))[:3]
+    out = tmp_path / "pred"
+    proc = wsis("predict", "--checkpoint", tiny_run / "train_seg" / "model.pt", *images, "--out", out,
+                "--score-threshold", "0.0", "--device", "cpu")
+    assert f"predictions: {out / 'predictions.json'}" in proc.stdout
+    coco = COCO(str(out / "predictions.json"))
+    infos = coco.loadImgs(coco.getImgIds())
+    assert [i["file_name"] for i in infos] == [str(p) for p in images]
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["disc", "square", "triangle", "star", "cross"]
+    for info, path in zip(infos, images):
+        w, h = Image.open(path).size
+        assert (info["width"], info["height"]) == (w, h)
+        overlay = out / "overlays" / f"{path.stem}.png"
+        assert Image.open(overlay).size == (w, h)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[info["id"]])):
+            assert coco.annToMask(ann).shape == (h, w) and 0 <= ann["score"] <= 1
+            assert 1 <= ann["category_id"] <= 5
+
+
+def test_predict_bad_checkpoint(tmp_path, tiny_data):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"nonsense")
+    image = next((tiny_data / "JPEGImages").glob("*.jpg"))
+    proc = wsis("predict", "--checkpoint", bad, image, "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and "model.pt: not a wsis instance-segmentation checkpoint" in proc.stderr
+
+
+def test_train_seg_on_a_users_coco_file(tiny_data, tiny_run, tmp_path):
+    gt = tiny_run / "eval_ins_seg" / "ground_truth_coco.json"   # ground truth of the train split
+    work = tmp_path / "w"
+    args = ["train-seg", "--coco", gt, "--images", tiny_data / "JPEGImages", "--work-dir", work,
+            "--config", TINY, "--set", "backbone.depth=18", "--set", "backbone.weights=none",
+            "--set", "seg.model=centermask", "--set", "centermask.shape_size=8", "--device", "cpu"]
+    proc = wsis(*args)
+    assert f"model: {work / 'train_seg' / 'model.pt'}" in proc.stdout
+    model, arch, names = load_instance_model(work / "train_seg" / "model.pt")
+    assert arch["model"] == "centermask" and names == ["disc", "square", "triangle", "star", "cross"]
+    assert "train_seg: up to date" in wsis(*args).stderr
+    proc = wsis("train-seg", "--coco", tmp_path / "none.json", "--images", tiny_data / "JPEGImages",
+                "--work-dir", work, check=False)
+    assert proc.returncode == 2 and "none.json: annotations JSON not found" in proc.stderr

@@ -1,0 +1,55 @@
+"""Build an instance-segmentation model by name from config sections; save and load them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from ..training import load_checkpoint
+from .fpn import ResNetFPN
+
+MODELS = ("solov2", "solo", "yolact", "centermask")
+
+
+def build_instance_model(name: str, num_classes: int, backbone: dict, heads: dict, weights: str | None = None,
+                         fpn_channels: int = 256):
+    """``heads`` holds the [solo], [yolact] and [centermask] config sections."""
+    weights = backbone["weights"] if weights is None else weights
+
+    def neck(first_level):
+        return ResNetFPN(backbone["depth"], weights, fpn_channels, first_level=first_level,
+                         freeze_bn=backbone["freeze_bn"], frozen_stages=min(backbone["frozen_stages"], 1))
+
+    if name in ("solov2", "solo"):
+        from .solo import SOLO
+        c = heads["solo"]
+        return SOLO(neck(2), num_classes, 2 if name == "solov2" else 1, c["grids"], c["scale_ranges"], c["sigma"],
+                    c["head_convs"], c["head_channels"], c["kernel_channels"])
+    if name == "yolact":
+        from .yolact import YOLACT
+        c = heads["yolact"]
+        return YOLACT(neck(3), num_classes, c["anchor_scales"], c["aspect_ratios"], c["num_prototypes"])
+    if name == "centermask":
+        from .centermask import CenterMask
+        c = heads["centermask"]
+        return CenterMask(neck(2), num_classes, c["shape_size"], c["head_channels"], c["class_saliency"])
+    raise ConfigError(f"seg.model: '{name}' is not one of {', '.join(MODELS)}")
+
+
+def load_instance_model(path: Path, device: str = "cpu"):
+    """(model in eval mode, arch, class names) from a train_seg model file (keys ``arch``,
+    ``class_names``, ``state_dict``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: checkpoint not found")
+    try:
+        ckpt = load_checkpoint(path, device)
+        arch = ckpt["arch"]
+    except Exception as e:
+        raise ConfigError(f"{path}: not a wsis instance-segmentation checkpoint ({type(e).__name__}: {e})") from None
+    model = build_instance_model(arch["model"], len(ckpt["class_names"]), arch["backbone"], arch["heads"], "none",
+                                 arch["fpn_channels"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), arch, ckpt["class_names"]
