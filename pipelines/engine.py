@@ -24,7 +24,7 @@ from typing import Callable
 
 from wsis.config import dumps_toml, section_hash
 from wsis.data import Dataset
-from wsis.errors import ConfigError, WsisError
+from wsis.errors import WsisError
 from wsis.io import read_json, read_rgb, remove_stray_temps, write_bytes, write_json
 
 from .progress import Progress, say

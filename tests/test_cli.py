@@ -3,8 +3,6 @@
 import json
 import shutil
 
-import numpy as np
-import pytest
 
 from conftest import snapshot, tiny_args, wsis
 

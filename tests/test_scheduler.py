@@ -1,6 +1,5 @@
 """``--scheduler`` runs per-image stages on an existing dask.distributed cluster."""
 
-import os
 import socket
 import subprocess
 import sys

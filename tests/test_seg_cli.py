@@ -1,6 +1,5 @@
 """``wsis predict`` and ``wsis train-seg`` on the tiny dataset."""
 
-import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 

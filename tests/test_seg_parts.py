@@ -1,6 +1,5 @@
 """Hand-made cases for the instance heads' label assignment and geometry."""
 
-import math
 
 import pytest
 import torch

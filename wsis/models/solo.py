@@ -128,7 +128,6 @@ class SOLO(nn.Module):
                 xm = F.interpolate(self.mask_tower(xm), scale_factor=2, mode="bilinear", align_corners=False)
                 out["mask"].append(self.mask_out[lvl](xm))
         if self.version == 2:
-            p5 = feats[3]
             parts = []
             for i, (m, f) in enumerate(zip(self.mask_levels, feats[:4])):
                 if i == 3:
