@@ -189,7 +189,7 @@ class Pipeline:
             runner = DaskRunner(self.scheduler, self.workers, self.device)
             try:
                 for stage in todo:
-                    self._execute(stage, runner, force)
+                    self._execute(stage, runner)
             finally:
                 runner.close()
         return [s.name for s in todo]
@@ -222,7 +222,7 @@ class Pipeline:
                 cache[path] = key
         write_json(cache_path, cache)
 
-    def _execute(self, stage: Stage, runner: "DaskRunner", force: bool) -> None:
+    def _execute(self, stage: Stage, runner: "DaskRunner") -> None:
         fp, comps = self.fingerprint(stage)
         out = self.out_dir(stage)
         man = self.manifest(stage)
