@@ -29,6 +29,16 @@ def sgd(groups: list[tuple[list, float]], momentum: float, weight_decay: float) 
                            lr=groups[0][1], momentum=momentum, weight_decay=weight_decay)
 
 
+def make_optimizer(kind: str, params: list, lr: float, momentum: float, weight_decay: float):
+    """"sgd" (with ``momentum``) or "adam", with ``base_lr`` set for ``run_training``."""
+    if kind == "sgd":
+        return sgd([(params, lr)], momentum, weight_decay)
+    if kind == "adam":
+        return torch.optim.Adam([{"params": params, "lr": lr, "base_lr": lr}], lr=lr, weight_decay=weight_decay)
+    from wsis.errors import ConfigError
+    raise ConfigError(f"optimizer: '{kind}' is not 'sgd' or 'adam'")
+
+
 def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int,
                  num_samples: int, batch_size: int, seed: int,
                  make_batch: Callable[[np.ndarray, int], object],

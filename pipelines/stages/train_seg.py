@@ -13,7 +13,7 @@ from wsis.models.registry import build_instance_model, load_instance_model
 from wsis.seg_data import CocoInstances
 
 from ..engine import Job
-from ..training import finish_training, run_training, sgd
+from ..training import finish_training, make_optimizer, run_training
 from . import train_cam
 from .export import EXPORT_FILE
 
@@ -46,8 +46,9 @@ def run(job: Job) -> None:
         cam = train_cam.load_trained(job.inputs["train_cam"], "cpu")
         model.neck.body.load_state_dict(cam.backbone.state_dict())   # strides are not weights
     model.to(job.device)
-    optimizer = sgd([([p for p in model.parameters() if p.requires_grad], s["lr"])], s["momentum"],
-                    s["weight_decay"])
+    head = job.cfg["solo" if s["model"] in ("solo", "solov2") else s["model"]]
+    optimizer = make_optimizer(head["optimizer"], [p for p in model.parameters() if p.requires_grad], head["lr"],
+                               s["momentum"], head["weight_decay"])
     size = s["input_size"]
 
     def make_batch(indices, epoch):
