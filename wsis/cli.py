@@ -64,14 +64,11 @@ class Session:
 
     def open_dataset(self):
         from .data import open_dataset
-        from .data.synthetic import spec_from_config
 
         def note_generation(split, i, n):
             if i == 1:
                 click.echo(f"synthetic: generating {n} {split} images in {self.data_root}", err=True)
 
-        if self.kind == "synthetic" and not self.data_root.exists():
-            spec_from_config(self.cfg)
         ds = open_dataset(self.kind, self.cfg, self.data_root, self.annotations, progress=note_generation)
         for note in ds.notes:
             click.echo(f"wsis: note: {note}", err=True)

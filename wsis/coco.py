@@ -61,8 +61,10 @@ def write_instances(path: Path, images: list[dict], annotations: list[dict], cla
                       "images": images, "annotations": annotations, "categories": categories(class_names)})
 
 
-def coco_evaluate(gt_path: Path, results: list[dict]) -> dict:
-    """Mask AP, AP50, AP75 of ``results`` against the COCO file ``gt_path`` (pycocotools)."""
+def coco_evaluate(gt_path: Path, detections: list[dict]) -> dict:
+    """Mask AP, AP50, AP75 of ``detections`` (annotations with a score) against the COCO file
+    ``gt_path`` (pycocotools)."""
+    results = [{k: d[k] for k in ("image_id", "category_id", "segmentation", "score")} for d in detections]
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
     if not results:

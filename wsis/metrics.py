@@ -40,6 +40,11 @@ def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1]))
 
 
+def mean_ap(aps: np.ndarray) -> float:
+    """Mean over the classes that have ground truth (NaN entries); 0 when none has."""
+    return 0.0 if np.isnan(aps).all() else float(np.nanmean(aps))
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU between every mask of a (N, H, W) and of b (M, H, W) -> (N, M)."""
     a = a.reshape(len(a), -1).astype(np.float32)

@@ -6,7 +6,7 @@ import numpy as np
 
 from wsis.coco import annotation, coco_evaluate, image_entries, write_instances
 from wsis.io import read_json, read_label_png, read_npz, write_json
-from wsis.metrics import confusion_matrix, instance_ap, iou_from_confusion, mean_iou
+from wsis.metrics import confusion_matrix, instance_ap, iou_from_confusion, mean_ap, mean_iou
 
 from ..engine import METRICS, Job
 from .export import EXPORT_FILE
@@ -29,40 +29,39 @@ def run_semantic(job: Job) -> None:
 
 
 def ground_truth_coco(ds, ids, path):
-    """Write the ground truth of ``ids`` as a COCO file; returns (path, image entries)."""
+    """Write the ground truth of ``ids`` as a COCO file; returns (path, image entries, the
+    ground truth of each image as (masks, classes)), so callers decode it only once."""
     images = image_entries(ds, ids)
     anns: list[dict] = []
+    truths = []
     for entry, image_id in zip(images, ids):
         gt = ds.instance_gt(image_id)
+        truths.append((gt.masks, gt.classes))
         for m, cls in zip(gt.masks, gt.classes):
             anns.append(annotation(m, cls, entry["id"], len(anns) + 1))
     write_instances(path, images, anns, ds.class_names)
-    return path, images
+    return path, images, truths
 
 
 def run_instance(job: Job) -> None:
     ds = job.dataset
     thresholds = [float(t) for t in job.cfg["eval_ins_seg"]["iou_thresholds"]]
-    predictions, truths = [], []
+    gt_path, _, truths = ground_truth_coco(ds, job.ids, job.out_dir / "ground_truth_coco.json")
+    predictions = []
     progress = job.progress(len(job.ids))
     for image_id in job.ids:
         z = read_npz(job.inputs["ins_seg"] / f"{image_id}.npz")
         n = len(z["classes"])
         masks = z["instances"][None] == np.arange(1, n + 1)[:, None, None]
         predictions.append((masks, z["classes"], z["scores"]))
-        gt = ds.instance_gt(image_id)
-        truths.append((gt.masks, gt.classes))
         progress.update(1)
     aps = instance_ap(predictions, truths, ds.num_classes, thresholds)
     result: dict = {"images": len(job.ids)}
     for t in thresholds:
-        result[f"mAP{round(100 * t)}"] = float(np.nanmean(aps[t])) if not np.isnan(aps[t]).all() else 0.0
+        result[f"mAP{round(100 * t)}"] = mean_ap(aps[t])
     result["ap50_per_class"] = {k: (None if np.isnan(v) else float(v))
                                 for k, v in zip(ds.class_names, aps.get(0.5, np.full(ds.num_classes, np.nan)))}
-    gt_path, _ = ground_truth_coco(ds, job.ids, job.out_dir / "ground_truth_coco.json")
-    exported = read_json(job.inputs["export"] / EXPORT_FILE)["annotations"]
-    coco = coco_evaluate(gt_path, [{k: a[k] for k in ("image_id", "category_id", "segmentation", "score")}
-                                   for a in exported])
+    coco = coco_evaluate(gt_path, read_json(job.inputs["export"] / EXPORT_FILE)["annotations"])
     result.update({f"coco_{k}": v for k, v in coco.items()})
     split = job.cfg["data"]["infer_split"]
     print(f"eval_ins_seg [{split}]: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in result.items()

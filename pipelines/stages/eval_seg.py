@@ -8,7 +8,7 @@ from wsis.coco import annotation, coco_evaluate
 from wsis.errors import DataError
 from wsis.inference import predict_image
 from wsis.io import write_json
-from wsis.metrics import instance_ap
+from wsis.metrics import instance_ap, mean_ap
 
 from ..engine import METRICS, Job
 from . import train_seg
@@ -22,23 +22,20 @@ def run(job: Job) -> None:
     if unknown:
         raise DataError(f"{job.inputs['train_seg']}: model class '{unknown[0]}' is not a class of the dataset")
     to_dataset = np.array([ds.class_names.index(n) for n in names], np.int64)
-    gt_path, images = ground_truth_coco(ds, job.ids, job.out_dir / "ground_truth_coco.json")
-    predictions, truths, results = [], [], []
+    gt_path, images, truths = ground_truth_coco(ds, job.ids, job.out_dir / "ground_truth_coco.json")
+    predictions, results = [], []
     progress = job.progress(len(job.ids))
     for entry, image_id in zip(images, job.ids):
         pred = predict_image(model, ds.load_image(image_id), arch["input_size"], job.device,
                              job.cfg["seg"]["score_threshold"])
         labels = to_dataset[pred["labels"]]
         predictions.append((pred["masks"], labels, pred["scores"]))
-        gt = ds.instance_gt(image_id)
-        truths.append((gt.masks, gt.classes))
         for m, c, sc in zip(pred["masks"], labels, pred["scores"]):
-            a = annotation(m, c, entry["id"], len(results) + 1, sc)
-            results.append({k: a[k] for k in ("image_id", "category_id", "segmentation", "score")})
+            results.append(annotation(m, c, entry["id"], len(results) + 1, sc))
         progress.update(1)
     aps = instance_ap(predictions, truths, ds.num_classes, (0.5,))[0.5]
     result = {"images": len(job.ids), "model": arch["model"],
-              "mAP50": float(np.nanmean(aps)) if not np.isnan(aps).all() else 0.0}
+              "mAP50": mean_ap(aps)}
     result.update({f"coco_{k}": v for k, v in coco_evaluate(gt_path, results).items()})
     split = job.cfg["data"]["eval_split"]
     print(f"eval_seg [{split}] {arch['model']}: mAP50 {100 * result['mAP50']:.1f}, COCO AP {100 * result['coco_AP']:.1f}, "
