@@ -24,27 +24,44 @@ def infer_and_eval_splits(cfg: dict) -> list[str]:
     return [cfg["data"]["infer_split"], cfg["data"]["eval_split"]]
 
 
+def irn_split(cfg: dict) -> list[str]:
+    return [cfg["data"]["irn_split"]]
+
+
+def irn_and_infer_splits(cfg: dict) -> list[str]:
+    """IRNet trains on the IRN split; its mean displacement is measured on the infer split."""
+    return [cfg["data"]["irn_split"], cfg["data"]["infer_split"]]
+
+
+def cam_splits(cfg: dict) -> list[str]:
+    """CAMs feed the relation labels (IRN split), the pseudo-labels (infer split) and the
+    CAM evaluation (infer and eval splits)."""
+    return [cfg["data"]["irn_split"], cfg["data"]["infer_split"], cfg["data"]["eval_split"]]
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train_cam", "train the CAM classifier", upstream=(),
           sections=("backbone", "train_cam"), version=2, image_splits=train_split,
           run="train_cam:run"),
     Stage("make_cam", "multi-scale CAMs per image", upstream=("train_cam",),
-          sections=("make_cam",), version=1, image_splits=infer_and_eval_splits,
+          sections=("make_cam",), version=2, image_splits=cam_splits,
           per_image="make_cam:process"),
     Stage("eval_cam", "CAM mIoU against ground truth", upstream=("make_cam",),
           sections=("eval_cam",), version=1, image_splits=infer_and_eval_splits,
           run="eval_cam:run", needs_masks=True, reads_images=False),
     Stage("ir_label", "relation labels from CAMs with a dense CRF", upstream=("make_cam",),
-          sections=("ir_label",), version=1, image_splits=infer_split,
+          sections=("ir_label",), version=1, image_splits=irn_split,
           per_image="ir_label:process", output_name="{id}.png"),
     Stage("train_irn", "train IRNet (boundary and displacement)", upstream=("ir_label", "train_cam"),
-          sections=("backbone", "train_irn"), version=1, image_splits=infer_split,
+          sections=("backbone", "train_irn"), version=2, image_splits=irn_and_infer_splits,
           run="train_irn:run"),
-    Stage("sem_seg", "semantic pseudo-labels by random walk", upstream=("make_cam", "train_irn"),
-          sections=("random_walk", "sem_seg"), version=1, image_splits=infer_split,
+    Stage("irn_infer", "IRNet boundary and displacement per image", upstream=("train_irn",),
+          sections=(), version=1, image_splits=infer_split, per_image="irn_infer:process"),
+    Stage("sem_seg", "semantic pseudo-labels by random walk", upstream=("make_cam", "irn_infer"),
+          sections=("random_walk", "sem_seg"), version=2, image_splits=infer_split,
           per_image="sem_seg:process", output_name="{id}.png"),
-    Stage("ins_seg", "instance pseudo-labels", upstream=("make_cam", "train_irn"),
-          sections=("random_walk", "ins_seg"), version=1, image_splits=infer_split,
+    Stage("ins_seg", "instance pseudo-labels", upstream=("make_cam", "irn_infer"),
+          sections=("random_walk", "ins_seg"), version=2, image_splits=infer_split,
           per_image="ins_seg:process"),
     Stage("export", "COCO JSON of the instance pseudo-labels", upstream=("ins_seg",),
           sections=("export",), version=1, image_splits=infer_split, run="export:run", reads_images=False),

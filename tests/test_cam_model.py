@@ -55,3 +55,47 @@ def test_multiscale_cam_shapes_and_normalisation():
     # an image without classes gives empty CAMs
     e_low, e_high = multiscale_cam(model, img, [], scales=(1.0,))
     assert e_low.shape == (0, 13, 18) and e_high.shape == (0, 50, 70)
+
+
+class OneHotCAM:
+    """A stand-in CAM net: its stride-16 map (ceil(H/16) x ceil(W/16)) is 1 at one cell."""
+
+    def __init__(self, cell):
+        self.cell, self.inputs = cell, []
+
+    def cam(self, batch):
+        self.inputs.append(batch)
+        b, _, h, w = batch.shape
+        out = torch.zeros(b, 1, -(-h // 16), -(-w // 16))
+        out[:, 0, self.cell[0], self.cell[1]] = 1.0
+        out[1:] = out[1:].flip(-1)   # so that flipping back puts every copy at ``cell``
+        return out
+
+
+def test_high_res_cam_lines_up_with_its_stride16_cell():
+    # A 375 x 500 image has a 24 x 32 stride-16 map; cell (22, 30) covers rows 352..367 and
+    # columns 480..495, so its peak after bilinear upsampling by exactly 16 is at the cell's
+    # centre (359.5, 487.5). Resizing 24 -> 375 rows directly would put it near row 351.
+    img = np.zeros((375, 500, 3), np.uint8)
+    _, high = multiscale_cam(OneHotCAM((22, 30)), img, [0], scales=(1.0,), flip=True)
+    assert high.shape == (1, 375, 500)
+    rows, cols = np.nonzero(high[0] == high[0].max())
+    assert set(rows) == {359, 360} and set(cols) == {487, 488}
+
+
+def test_downscaled_cam_input_is_antialiased_bicubic():
+    import torch.nn.functional as F
+    from PIL import Image
+    # vertical stripes of period 3 are above the Nyquist rate once shrunk by 2: a resize
+    # without a low-pass filter keeps much of their contrast as aliasing, an antialiased one
+    # blurs them towards grey
+    stripes = np.tile(np.array([0, 255, 255], np.uint8), (32, 22))[:, :64]
+    img = np.repeat(stripes[:, :, None], 3, axis=2)
+    stub = OneHotCAM((0, 0))
+    multiscale_cam(stub, img, [0], scales=(0.5,), flip=False)
+    fed = stub.inputs[0][0].permute(1, 2, 0).numpy()
+    expected = np.asarray(Image.fromarray(img).resize((32, 16), Image.BICUBIC))
+    np.testing.assert_array_equal(fed, expected)
+    aliased = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float(), size=(16, 32),
+                            mode="bicubic", align_corners=False, antialias=False).clamp(0, 255)
+    assert fed.std() < 0.5 * aliased.numpy().std()

@@ -90,3 +90,29 @@ def test_inference_subtracts_mean_displacement():
     assert b0.shape == (10, 13) and d0.shape == (2, 10, 13) and 0 <= b0.min() and b0.max() <= 1
     np.testing.assert_allclose(d0 - d1, np.array([1.5, -2.0])[:, None, None] * np.ones_like(d0), atol=1e-5)
     np.testing.assert_allclose(b0, b1)
+
+
+def test_inference_pads_to_the_training_crop_like_the_reference():
+    # Padding the normalised input with zeros equals padding the raw image with the exact
+    # ImageNet mean colour; the outputs are then cropped to the image's stride-4 grid.
+    from wsis.models.backbone import IMAGENET_MEAN
+    torch.manual_seed(0)
+    model = IRNet(ResNetStages(18, freeze_bn=True), crop_size=64).eval()
+    img = np.random.default_rng(2).integers(0, 255, (37, 50, 3), np.uint8)
+    b, d = irn_inference(model, img)
+    canvas = torch.tensor(IMAGENET_MEAN).view(3, 1, 1).mul(255).repeat(1, 64, 64)
+    x = torch.from_numpy(img).permute(2, 0, 1).float()
+    canvas[:, :37, :50] = x
+    flipped = canvas.clone()
+    flipped[:, :37, :50] = x.flip(-1)
+    with torch.no_grad():
+        logits, disp = model(torch.stack([canvas, flipped]))
+    expected_b = torch.sigmoid(logits[0, 0, :10, :13] / 2 + logits[1, 0, :10, :13].flip(-1) / 2)
+    np.testing.assert_allclose(b, expected_b.numpy(), atol=1e-5)
+    np.testing.assert_allclose(d, disp[0, :, :10, :13].numpy(), atol=1e-5)
+    # and the padding matters (GroupNorm sees the canvas): unpadded inference differs
+    b0, _ = irn_inference(model, img, pad_to=0)
+    assert b0.shape == b.shape and np.abs(b0 - b).max() > 1e-4
+    # images larger than the crop are not cropped
+    big = np.zeros((90, 70, 3), np.uint8)
+    assert irn_inference(model, big)[0].shape == (23, 18)

@@ -7,7 +7,7 @@ from pycocotools.coco import COCO
 
 from conftest import tiny_args, wsis
 from pipelines.engine import Job
-from pipelines.stages import export, ins_seg, ir_label, sem_seg
+from pipelines.stages import export, ins_seg, ir_label, irn_infer, sem_seg
 from wsis.config import load_config
 from wsis.data import open_dataset
 from wsis.io import read_label_png, read_npz, write_npz
@@ -45,8 +45,10 @@ def test_export_loads_with_pycocotools_and_decodes_to_the_pseudo_masks(tiny_data
         z = read_npz(tiny_run / "ins_seg" / f"{image_id}.npz")
         assert (img["height"], img["width"]) == z["instances"].shape
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
-        assert len(anns) == len(z["classes"])          # default thresholds keep every detection
-        for n, ann in enumerate(anns, start=1):
+        # the default score threshold (1e-5) drops the zero-scored fragments, keeps the rest
+        kept = [n for n in range(1, len(z["classes"]) + 1) if z["scores"][n - 1] >= 1e-5]
+        assert len(anns) == len(kept)
+        for n, ann in zip(kept, anns):
             mask = z["instances"] == n
             assert np.array_equal(coco.annToMask(ann).astype(bool), mask)
             assert ann["category_id"] == z["classes"][n - 1] + 1
@@ -86,6 +88,21 @@ def test_export_thresholds(tiny_data, tiny_run, tmp_path):
     assert all(a["area"] >= 60 and a["score"] >= 0.5 for a in anns)
 
 
+def test_export_skips_zero_scored_fragments_by_default(tmp_path):
+    """The reference's make_cocoann.py skips score < 1e-5: the fragments under 1 % of the image
+    that instance synthesis scores 0."""
+    from pipelines.stages.export import pseudo_label_annotations
+    cfg = load_config("synthetic")
+    instances = np.zeros((20, 30), np.int32)
+    instances[0:5, 0:5], instances[10:20, 0:20], instances[0:3, 25:30] = 1, 2, 3
+    write_npz(tmp_path / "a.npz", instances=instances, classes=np.array([0, 1, 2]),
+              scores=np.array([0.0, 0.5, 5e-6], np.float32))
+    anns = pseudo_label_annotations(tmp_path, ["a"], [{"id": 7}], cfg["export"]["score_threshold"],
+                                    cfg["export"]["min_area"])
+    assert cfg["export"]["score_threshold"] == 1e-5
+    assert [(a["category_id"], a["area"], a["image_id"]) for a in anns] == [(2, 200, 7)]
+
+
 def test_images_without_foreground_or_instances_give_valid_empty_outputs(tiny_data, tiny_run, tmp_path):
     """No class at all, CAMs with no confident foreground, and no instance found."""
     cfg = load_config("synthetic", TINY)
@@ -101,10 +118,12 @@ def test_images_without_foreground_or_instances_give_valid_empty_outputs(tiny_da
     }
     for name, arrays in cases.items():
         write_npz(cams_dir / f"{image_id}.npz", **arrays)
-        for stage, module in (("ir_label", ir_label), ("sem_seg", sem_seg), ("ins_seg", ins_seg)):
+        for stage, module in (("ir_label", ir_label), ("irn_infer", irn_infer), ("sem_seg", sem_seg),
+                              ("ins_seg", ins_seg)):
             out = tmp_path / name / stage
             out.mkdir(parents=True)
-            job = Job(stage, cfg, ds, (image_id,), out, {"make_cam": cams_dir, "train_irn": tiny_run / "train_irn"})
+            job = Job(stage, cfg, ds, (image_id,), out, {"make_cam": cams_dir, "train_irn": tiny_run / "train_irn",
+                                                         "irn_infer": tmp_path / name / "irn_infer"})
             module.process(job, [image_id])
         ir = read_label_png(tmp_path / name / "ir_label" / f"{image_id}.png")
         assert set(np.unique(ir)) <= {0, 255} and ir.shape == (h, w)

@@ -7,20 +7,17 @@ import numpy as np
 from wsis.algorithms.labels import scores_to_label, upsample_normalised
 from wsis.algorithms.random_walk import random_walk
 from wsis.io import read_npz, write_label_png
-from wsis.models.irn import irn_inference
 
 from ..engine import Job
-from . import load_cached, train_irn
+from .irn_infer import read_irn_outputs
 
 
 def irn_outputs(job: Job, image_id: str):
     """(image, stride-4 CAMs, classes, boundary, displacement) of one image."""
-    model = load_cached(job.inputs["train_irn"] / train_irn.MODEL_FILE, job.device, train_irn.load_trained)
     image = job.dataset.load_image(image_id)
     z = read_npz(job.inputs["make_cam"] / f"{image_id}.npz")
-    boundary, displacement = irn_inference(model, image, job.device)
-    cams = z["cam"].astype(np.float32)
-    return image, cams, z["classes"].tolist(), boundary, displacement
+    boundary, displacement = read_irn_outputs(job.inputs["irn_infer"], image_id)
+    return image, z["cam"].astype(np.float32), z["classes"].tolist(), boundary, displacement
 
 
 def process(job: Job, ids: list[str]) -> None:

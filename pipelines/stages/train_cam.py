@@ -50,12 +50,11 @@ def run(job: Job) -> None:
             labels.append(torch.from_numpy(job.dataset.label_vector(image_id)))
         return torch.stack(images).float().to(job.device), torch.stack(labels).to(job.device)
 
-    def compute_loss(batch):
-        x, y = batch
-        loss = F.multilabel_soft_margin_loss(model(x), y)
-        return loss, {}
+    def compute_loss(logits, batch):
+        return F.multilabel_soft_margin_loss(logits, batch[1]), {}
 
     run_training(job, model, optimizer, epochs=c["epochs"], num_samples=len(job.ids),
-                 batch_size=c["batch_size"], seed=c["seed"], make_batch=make_batch, compute_loss=compute_loss)
+                 batch_size=c["batch_size"], seed=c["seed"], make_batch=make_batch,
+                 forward=lambda batch: model(batch[0]), compute_loss=compute_loss)
     finish_training(job, MODEL_FILE, arch={"num_classes": job.dataset.num_classes, "depth": b["depth"]},
                     state_dict=model.state_dict(), class_names=list(job.dataset.class_names))

@@ -31,7 +31,7 @@ def make_backbone(init: str, backbone_cfg: dict, cam_dir) -> ResNetStages:
 
 def load_trained(model_dir, device: str) -> IRNet:
     ckpt = load_checkpoint(model_dir / MODEL_FILE, device)
-    model = IRNet(ResNetStages(ckpt["arch"]["depth"], "none", freeze_bn=True))
+    model = IRNet(ResNetStages(ckpt["arch"]["depth"], "none", freeze_bn=True), ckpt["arch"].get("crop_size", 0))
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()
 
@@ -39,7 +39,11 @@ def load_trained(model_dir, device: str) -> IRNet:
 def run(job: Job) -> None:
     c = job.cfg["train_irn"]
     torch.manual_seed(c["seed"])
-    model = IRNet(make_backbone(c["backbone_init"], job.cfg["backbone"], job.inputs["train_cam"])).to(job.device)
+    model = IRNet(make_backbone(c["backbone_init"], job.cfg["backbone"], job.inputs["train_cam"]),
+                  c["crop_size"]).to(job.device)
+    # The reference trains IRNet on train_aug and measures the mean displacement on train
+    # (run_sample.py): data.irn_split and data.infer_split.
+    train_ids = job.dataset.ids(job.cfg["data"]["irn_split"])
     edge_params, dp_params = model.trainable_groups()
     optimizer = sgd([(edge_params, c["lr"]), (dp_params, c["lr"] * c["displacement_lr_mult"])],
                     c["momentum"], c["weight_decay"])
@@ -48,7 +52,7 @@ def run(job: Job) -> None:
     def make_batch(indices, epoch):
         images, labels = [], []
         for index in indices:
-            image_id = job.ids[index]
+            image_id = train_ids[index]
             rng = np.random.default_rng([c["seed"], epoch, int(index)])
             img, lab = irn_train_augment(job.dataset.load_image(image_id),
                                          read_label_png(labels_dir / f"{image_id}.png"), rng,
@@ -57,28 +61,33 @@ def run(job: Job) -> None:
             labels.append(torch.from_numpy(np.ascontiguousarray(lab[::4, ::4])))  # stride-4 labels
         return torch.stack(images).float().to(job.device), torch.stack(labels).long().to(job.device)
 
-    def compute_loss(batch):
-        x, y = batch
-        logits, disp = model(x)
-        losses = irn_losses(logits, disp, y, c["radius"])
+    def compute_loss(outputs, batch):
+        logits, disp = outputs
+        losses = irn_losses(logits, disp, batch[1], c["radius"])
         return losses["boundary"] + losses["displacement"], losses
 
-    run_training(job, model, optimizer, epochs=c["epochs"], num_samples=len(job.ids),
-                 batch_size=c["batch_size"], seed=c["seed"], make_batch=make_batch, compute_loss=compute_loss)
-    model.mean_displacement.copy_(mean_displacement(model, job))
-    finish_training(job, MODEL_FILE, arch={"depth": job.cfg["backbone"]["depth"]},
+    run_training(job, model, optimizer, epochs=c["epochs"], num_samples=len(train_ids),
+                 batch_size=c["batch_size"], seed=c["seed"], make_batch=make_batch,
+                 forward=lambda batch: model(batch[0]), compute_loss=compute_loss)
+    model.mean_displacement.copy_(mean_displacement(model, job, job.dataset.ids(job.cfg["data"]["infer_split"])))
+    finish_training(job, MODEL_FILE, arch={"depth": job.cfg["backbone"]["depth"], "crop_size": c["crop_size"]},
                     state_dict=model.state_dict())
 
 
 @torch.no_grad()
-def mean_displacement(model: IRNet, job: Job) -> torch.Tensor:
-    """Mean of D over the training images at scale 1; subtracted at inference to centre the
-    field (the reference code's "mean shift")."""
+def mean_displacement(model: IRNet, job: Job, ids) -> torch.Tensor:
+    """Mean of D over the top-left ``crop_size`` crop of each image of ``ids``, zero-padded to
+    the crop as in training; subtracted at inference to centre the field (the reference
+    code's "mean shift", measured on train with top-left crops). The crop bounds the cost of
+    large photos."""
     model.eval()
-    total, count = torch.zeros(2, dtype=torch.float64), 0
-    for image_id in job.ids:
-        x = torch.from_numpy(job.dataset.load_image(image_id)).permute(2, 0, 1)[None].float().to(job.device)
-        _, disp = model(x)
-        total += disp[0].sum(dim=(1, 2)).double().cpu()
-        count += disp.shape[-1] * disp.shape[-2]
-    return (total / max(count, 1)).float().to(job.device)
+    crop = job.cfg["train_irn"]["crop_size"]
+    total = torch.zeros(2, dtype=torch.float64)
+    progress = job.progress(len(ids))
+    for image_id in ids:
+        image = job.dataset.load_image(image_id)[:crop, :crop]
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().to(job.device)
+        _, disp = model(x, pad_to=crop, crop_output=False)
+        total += disp[0].mean(dim=(1, 2)).double().cpu()
+        progress.update(1, "mean displacement")
+    return (total / max(len(ids), 1)).float().to(job.device)

@@ -60,13 +60,13 @@ def run(job: Job) -> None:
             targets.append({k: v.to(job.device) for k, v in target.items()})
         return torch.stack(images).float().to(job.device), targets
 
-    def compute_loss(batch):
-        x, targets = batch
-        losses = model.loss(model(x), targets)
+    def compute_loss(outputs, batch):
+        losses = model.loss(outputs, batch[1])
         return sum(losses.values()), losses
 
     run_training(job, model, optimizer, epochs=s["epochs"], num_samples=len(data), batch_size=s["batch_size"],
-                 seed=s["seed"], make_batch=make_batch, compute_loss=compute_loss,
+                 seed=s["seed"], make_batch=make_batch,
+                 forward=lambda batch: model(batch[0]), compute_loss=compute_loss,
                  warmup_iters=s["warmup_iters"], grad_clip=s["grad_clip"])
     arch = {"model": s["model"], "backbone": dict(job.cfg["backbone"]), "heads": heads, "input_size": size,
             "fpn_channels": s["fpn_channels"]}

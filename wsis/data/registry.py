@@ -12,7 +12,7 @@ DATASET_KINDS = ("synthetic", "voc2012", "coco", "folder")
 
 def used_splits(cfg: dict) -> list[str]:
     d = cfg["data"]
-    return list(dict.fromkeys([d["train_split"], d["infer_split"], d["eval_split"]]))
+    return list(dict.fromkeys([d["train_split"], d["irn_split"], d["infer_split"], d["eval_split"]]))
 
 
 def open_dataset(kind: str, cfg: dict, root: str | Path | None = None,

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from .backbone import ResNetStages, normalize
@@ -38,8 +39,27 @@ class CAMNet(nn.Module):
         return backbone, list(self.classifier.parameters())
 
 
+OUTPUT_STRIDE = 16
+
+
 def stride4_size(h: int, w: int) -> tuple[int, int]:
     return math.ceil(h / 4), math.ceil(w / 4)
+
+
+def strided_up_size(h: int, w: int, stride: int = OUTPUT_STRIDE) -> tuple[int, int]:
+    """(H, W) rounded up to a multiple of ``stride``: a stride-16 map resized to this size has
+    each cell cover exactly 16 x 16 pixels, so it lines up with the image once cropped."""
+    return math.ceil(h / stride) * stride, math.ceil(w / stride) * stride
+
+
+def rescale_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """HxWx3 uint8 image resized by ``scale`` with PIL bicubic, which antialiases when it
+    shrinks (as the reference's rescale does); size rounded as round(H * s) x round(W * s)."""
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.array(Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.BICUBIC))
 
 
 @torch.no_grad()
@@ -52,20 +72,22 @@ def multiscale_cam(model: CAMNet, image: np.ndarray, classes, scales=(1.0, 0.5, 
     """
     h, w = image.shape[:2]
     classes = list(classes)
-    s4 = stride4_size(h, w)
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
+    s4, up = stride4_size(h, w), strided_up_size(h, w)
     low = torch.zeros((len(classes),) + s4, device=device)
-    high = torch.zeros((len(classes), h, w), device=device)
+    high = torch.zeros((len(classes),) + up, device=device)
     if not classes:
-        return low.cpu().numpy(), high.cpu().numpy()
+        return low.cpu().numpy(), high[:, :h, :w].cpu().numpy()
     for s in scales:
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if s != 1.0 else x
+        xs = torch.from_numpy(np.ascontiguousarray(rescale_image(image, s))).to(device)
+        xs = xs.permute(2, 0, 1)[None].float()
         batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
         cams = model.cam(batch)[:, classes]
         cam = cams[0] + cams[1].flip(-1) if flip else cams[0]
         low += F.interpolate(cam[None], size=s4, mode="bilinear", align_corners=False)[0]
-        high += F.interpolate(cam[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        # Full resolution: resize to the stride-16 "up" size, then crop (reference make_cam);
+        # resizing straight to (H, W) would shift the map by up to a stride-16 cell.
+        high += F.interpolate(cam[None], size=up, mode="bilinear", align_corners=False)[0]
+    high = high[:, :h, :w]
     low /= low.flatten(1).amax(1).view(-1, 1, 1) + 1e-5
     high /= high.flatten(1).amax(1).view(-1, 1, 1) + 1e-5
     return low.cpu().numpy().astype(np.float32), high.cpu().numpy().astype(np.float32)

@@ -31,9 +31,10 @@ class IRNet(nn.Module):
     concatenated with stages 1-2 reduced to 64 and 128 ch, then convs to 2 channels.
     """
 
-    def __init__(self, backbone: ResNetStages):
+    def __init__(self, backbone: ResNetStages, crop_size: int = 0):
         super().__init__()
         self.backbone = backbone
+        self.crop_size = crop_size   # training crop; inference pads to it (0: no padding)
         for p in self.backbone.parameters():
             p.requires_grad_(False)
         ch = backbone.channels
@@ -50,18 +51,33 @@ class IRNet(nn.Module):
         self.backbone.eval()  # fully frozen, BatchNorm included
         return self
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, pad_to: int | None = None,
+                crop_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) in 0..255 -> boundary logits (B, 1, h, w), displacement (B, 2, h, w),
-        h, w = ceil(H/4), ceil(W/4). Displacements are in stride-4 grid cells."""
+        h, w = ceil(H/4), ceil(W/4). Displacements are in stride-4 grid cells.
+
+        ``pad_to``: zero-pad the normalised input (bottom and right) to at least pad_to x pad_to
+        first, as the reference's ``EdgeDisplacement`` pads to its 512 training crop. GroupNorm
+        then sees the same kind of canvas as in training, where crops are padded with the
+        mean colour (zero after normalisation). The outputs are cropped back to the image's
+        grid unless ``crop_output`` is false."""
+        x = normalize(images)
+        h, w = x.shape[-2:]
+        if pad_to:
+            x = F.pad(x, (0, max(0, pad_to - w), 0, max(0, pad_to - h)))
         with torch.no_grad():
-            feats = [f.detach() for f in self.backbone(normalize(images))]
+            feats = [f.detach() for f in self.backbone(x)]
         size = feats[0].shape[-2:]
         edge = torch.cat([resize_to(m(f), size) for m, f in zip(self.edge, feats)], dim=1)
         mid = feats[2].shape[-2:]
         high = torch.cat([resize_to(m(f), mid) for m, f in zip(self.dp_high, feats[2:])], dim=1)
         high = resize_to(self.dp_fuse(high), size)
         low = [m(f) for m, f in zip(self.dp_low, feats[:2])]
-        return self.edge_out(edge), self.dp_out(torch.cat(low + [high], dim=1))
+        edge, disp = self.edge_out(edge), self.dp_out(torch.cat(low + [high], dim=1))
+        if pad_to and crop_output:
+            gh, gw = -(-h // 4), -(-w // 4)
+            edge, disp = edge[..., :gh, :gw], disp[..., :gh, :gw]
+        return edge, disp
 
     def trainable_groups(self):
         edge = list(self.edge.parameters()) + list(self.edge_out.parameters())
@@ -108,11 +124,16 @@ def irn_losses(boundary_logits: torch.Tensor, displacement: torch.Tensor, labels
 
 
 @torch.no_grad()
-def irn_inference(model: IRNet, image: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def irn_inference(model: IRNet, image: np.ndarray, device: str = "cpu",
+                  pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Boundary map (h, w) in [0, 1] (averaged with the flipped image's) and mean-centred
-    displacement field (2, h, w) at stride 4, for one HxWx3 uint8 image."""
+    displacement field (2, h, w) at stride 4, for one HxWx3 uint8 image.
+
+    ``pad_to`` (default: the model's training crop size, ``model.crop_size``): the input is
+    zero-padded to it after normalisation, as in the reference's ``EdgeDisplacement`` (crop
+    512); images larger than it are not cropped (the reference's padding breaks there)."""
     x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
-    logits, disp = model(torch.cat([x, x.flip(-1)]))
+    logits, disp = model(torch.cat([x, x.flip(-1)]), pad_to=pad_to if pad_to is not None else model.crop_size)
     boundary = torch.sigmoid(logits[0, 0] / 2 + logits[1, 0].flip(-1) / 2)
     disp = disp[0] - model.mean_displacement.view(2, 1, 1)
     return boundary.cpu().numpy(), disp.cpu().numpy()

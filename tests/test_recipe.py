@@ -1,0 +1,78 @@
+"""The voc2012 preset follows the reference recipe's splits (official run_sample.py): CAMs,
+relation labels and IRNet training on train_aug; mean displacement, pseudo-labels and their
+evaluation on train; held-out evaluation on val."""
+
+from pathlib import Path
+
+from pipelines.dag import STAGES
+from pipelines.engine import Pipeline
+from wsis.config import load_config
+from wsis.data import Dataset
+
+
+def voc_like_pipeline(tmp_path: Path) -> Pipeline:
+    cfg = load_config("voc2012")
+    splits = {"train_aug": ("a1", "a2", "t1", "t2"), "train": ("t1", "t2"), "val": ("v1",)}
+    labels = {i: (0,) for ids in splits.values() for i in ids}
+    ds = Dataset("voc2012", tmp_path, tuple(cfg["data"]["classes"]), splits, labels, has_masks=True)
+    return Pipeline(STAGES, cfg, ds, tmp_path / "work")
+
+
+def test_voc2012_preset_splits():
+    d = load_config("voc2012")["data"]
+    assert (d["train_split"], d["irn_split"], d["infer_split"], d["eval_split"]) == \
+        ("train_aug", "train_aug", "train", "val")
+
+
+def test_each_stage_sees_the_reference_images(tmp_path):
+    p = voc_like_pipeline(tmp_path)
+    ids = {name: set(p.stage_ids(stage)) for name, stage in p.stages.items()}
+    train_aug, train, val = {"a1", "a2", "t1", "t2"}, {"t1", "t2"}, {"v1"}
+    assert ids["train_cam"] == train_aug
+    assert ids["make_cam"] == train_aug | val          # relation labels, pseudo-labels, CAM eval
+    assert ids["eval_cam"] == train | val
+    assert ids["ir_label"] == train_aug
+    assert ids["train_irn"] == train_aug                # trains on train_aug, mean on train
+    for name in ("sem_seg", "ins_seg", "export", "eval_sem_seg", "eval_ins_seg"):
+        assert ids[name] == train, name
+    assert ids["eval_seg"] == val
+
+
+def test_changing_the_irn_split_reruns_relation_labels_and_irnet_only(tmp_path):
+    p = voc_like_pipeline(tmp_path)
+    before = {n: p.fingerprint(s)[0] for n, s in p.stages.items()}
+    p2 = voc_like_pipeline(tmp_path)
+    p2.cfg["data"]["irn_split"] = "train"
+    after = {n: p2.fingerprint(s)[0] for n, s in p2.stages.items()}
+    changed = {n for n in before if before[n] != after[n]}
+    assert {"make_cam", "ir_label", "train_irn", "sem_seg", "ins_seg"} <= changed
+    assert "train_cam" not in changed
+
+
+def test_mean_displacement_uses_top_left_crops_of_the_given_images(tmp_path):
+    import numpy as np
+    import torch
+
+    from pipelines.engine import Job
+    from pipelines.stages.train_irn import mean_displacement
+
+    images = {"t1": np.full((40, 30, 3), 10, np.uint8), "t2": np.zeros((20, 50, 3), np.uint8),
+              "other": np.full((8, 8, 3), 200, np.uint8)}
+    images["t2"][:, 32:] = 255          # outside the 32 x 32 top-left crop
+
+    class Stub(torch.nn.Module):
+        """Displacement (y, x) = (mean of the input it was given, its width)."""
+        def forward(self, x, pad_to=None, crop_output=True):
+            assert pad_to == 32 and not crop_output
+            d = torch.stack([x.mean().expand(8, 8), torch.full((8, 8), float(x.shape[-1]))])
+            return None, d[None]
+
+    class DS(Dataset):
+        def load_image(self, image_id):
+            return images[image_id]
+
+    ds = DS("toy", tmp_path, ("a",), {"all": tuple(images)}, {i: (0,) for i in images})
+    cfg = {"train_irn": {"crop_size": 32}}
+    job = Job("train_irn", cfg, ds, tuple(images), tmp_path, {})
+    mean = mean_displacement(Stub(), job, ["t1", "t2"])
+    np.testing.assert_allclose(mean.numpy(), [(10 + 0) / 2, (30 + 32) / 2], rtol=1e-6)
