@@ -3,6 +3,7 @@ every epoch and resume from the last one."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -71,19 +72,73 @@ class Precision:
                               enabled=self.amp != "off")
 
 
+def to_device(tree, device: str):
+    """Tensors of a batch (nested dicts, lists, tuples) moved to ``device``; non-blocking, so a
+    pinned host batch is copied while the GPU works."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device, non_blocking=True)
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_device(v, device) for v in tree)
+    return tree
+
+
+def loader_workers(setting: int) -> int:
+    """``run.loader_workers``: -1 = one per CPU core, 0 = build batches in the training process."""
+    if setting < -1:
+        raise ConfigError(f"run.loader_workers: {setting} (expected -1 for one per core, 0, or more)")
+    return (os.cpu_count() or 1) if setting == -1 else setting
+
+
+class EpochSamples(torch.utils.data.Dataset):
+    """Samples keyed by (epoch, index): each is a function of its key alone (its RNG is seeded
+    by (seed, epoch, index)), so worker processes, their number and a resume all give the same
+    batches."""
+
+    def __init__(self, make_sample: Callable[[int, int], object]):
+        self.make_sample = make_sample
+
+    def __getitem__(self, key):
+        epoch, index = key
+        return self.make_sample(int(index), int(epoch))
+
+
+def stack_samples(samples: list[tuple]) -> tuple:
+    """Collate (tensor, tensor, ...) samples into stacked tensors."""
+    return tuple(torch.stack(parts) for parts in zip(*samples))
+
+
+def batch_loader(make_sample, collate, batches: list[list[tuple[int, int]]], workers: int, device: str):
+    """A DataLoader over fixed batches of (epoch, index) keys, built in ``workers`` processes
+    (forked, so the closures need no pickling), pinned for CUDA."""
+    import multiprocessing
+    options = {}
+    if workers > 0:
+        options = dict(prefetch_factor=2, multiprocessing_context=(
+            "fork" if "fork" in multiprocessing.get_all_start_methods() else None))
+    return torch.utils.data.DataLoader(EpochSamples(make_sample), batch_sampler=batches, num_workers=workers,
+                                       collate_fn=collate, pin_memory=device.startswith("cuda"), **options)
+
+
 def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int,
                  num_samples: int, batch_size: int, seed: int,
-                 make_batch: Callable[[np.ndarray, int], object],
+                 make_sample: Callable[[int, int], object],
+                 collate: Callable[[list], object],
                  forward: Callable[[object], object],
                  compute_loss: Callable[[object, object], tuple[torch.Tensor, dict]],
                  warmup_iters: int = 0, grad_clip: float | None = None) -> None:
-    """Train ``model`` in place. ``make_batch(indices, epoch)`` builds a batch from sample
-    indices; ``forward(batch)`` runs the model (under autocast when ``run.amp`` asks for it);
-    ``compute_loss(outputs, batch)`` returns (loss, logs) from the outputs cast to float32.
-    Every optimizer param group needs a ``base_lr``; the rate decays as
-    (1 - step / max_step)^0.9, after a linear warm-up over ``warmup_iters`` steps; gradients
-    are clipped to norm ``grad_clip`` when given."""
+    """Train ``model`` in place.
+
+    ``make_sample(index, epoch)`` builds one training sample on the CPU (decode, augment,
+    targets) and ``collate(samples)`` a batch of them; both run in DataLoader worker processes
+    (``run.loader_workers``). The batch is moved to the device, ``forward(batch)`` runs the
+    model (under autocast when ``run.amp`` asks for it), and ``compute_loss(outputs, batch)``
+    returns (loss, logs) from the outputs cast to float32. Every optimizer param group needs a
+    ``base_lr``; the rate decays as (1 - step / max_step)^0.9, after a linear warm-up over
+    ``warmup_iters`` steps; gradients are clipped to norm ``grad_clip`` when given."""
     precision = Precision(job.cfg["run"]["amp"], job.device)
+    workers = loader_workers(job.cfg["run"]["loader_workers"])
     batch = min(batch_size, num_samples)
     steps_per_epoch = num_samples // batch
     max_step = steps_per_epoch * epochs
@@ -97,32 +152,35 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
             precision.scaler.load_state_dict(ckpt["scaler"])
         start_epoch = ckpt["epoch"] + 1
         print(f"{job.stage}: resuming after epoch {start_epoch} of {epochs}", flush=True)
-    progress = job.progress(max_step - start_epoch * steps_per_epoch, unit="iterations")
+    batches = [[(epoch, int(i)) for i in epoch_order(seed, epoch, num_samples)[it * batch:(it + 1) * batch]]
+               for epoch in range(start_epoch, epochs) for it in range(steps_per_epoch)]
+    progress = job.progress(len(batches), unit="iterations")
     model.train()
-    for epoch in range(start_epoch, epochs):
-        order = epoch_order(seed, epoch, num_samples)
-        for it in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + it
-            warm = min(1.0, (step + 1) / warmup_iters) if warmup_iters else 1.0
-            for group in optimizer.param_groups:
-                group["lr"] = poly_lr(group["base_lr"], step, max_step) * warm
-            t0 = time.monotonic()
-            data = make_batch(order[it * batch:(it + 1) * batch], epoch)
-            with precision.autocast():
-                outputs = forward(data)
-            loss, _ = compute_loss(as_float32(outputs), data)
-            optimizer.zero_grad(set_to_none=True)
-            precision.scaler.scale(loss).backward()
-            if grad_clip:
-                precision.scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            precision.scaler.step(optimizer)
-            precision.scaler.update()
-            rate = batch / max(time.monotonic() - t0, 1e-9)
-            progress.update(1, f"epoch {epoch + 1}/{epochs}, loss {loss.item():.4f}, {rate:.1f} img/s")
-        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
-                        scaler=precision.scaler.state_dict() if precision.scaler.is_enabled() else None)
-        write_json(job.out_dir / PROGRESS, {"done": epoch + 1, "total": epochs, "unit": "epochs"})
+    t0 = time.monotonic()
+    for n, data in enumerate(batch_loader(make_sample, collate, batches, workers, job.device)):
+        step = start_epoch * steps_per_epoch + n
+        epoch, it = divmod(step, steps_per_epoch)
+        warm = min(1.0, (step + 1) / warmup_iters) if warmup_iters else 1.0
+        for group in optimizer.param_groups:
+            group["lr"] = poly_lr(group["base_lr"], step, max_step) * warm
+        data = to_device(data, job.device)
+        with precision.autocast():
+            outputs = forward(data)
+        loss, _ = compute_loss(as_float32(outputs), data)
+        optimizer.zero_grad(set_to_none=True)
+        precision.scaler.scale(loss).backward()
+        if grad_clip:
+            precision.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+        rate = batch / max(time.monotonic() - t0, 1e-9)
+        t0 = time.monotonic()
+        progress.update(1, f"epoch {epoch + 1}/{epochs}, loss {loss.item():.4f}, {rate:.1f} img/s")
+        if it == steps_per_epoch - 1:
+            save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
+                            scaler=precision.scaler.state_dict() if precision.scaler.is_enabled() else None)
+            write_json(job.out_dir / PROGRESS, {"done": epoch + 1, "total": epochs, "unit": "epochs"})
 
 
 def finish_training(job: Job, model_file: str, **payload) -> None:

@@ -11,7 +11,7 @@ from wsis.training import load_checkpoint
 from wsis.transforms import cam_train_augment
 
 from ..engine import Job
-from ..training import finish_training, run_training, sgd
+from ..training import finish_training, run_training, sgd, stack_samples
 
 MODEL_FILE = "model.pt"
 
@@ -37,24 +37,21 @@ def run(job: Job) -> None:
     optimizer = sgd([(backbone_params, c["lr"]), (head_params, c["lr"] * c["head_lr_mult"])],
                     c["momentum"], c["weight_decay"])
 
-    def make_batch(indices, epoch):
-        """Augmented crops and labels; the RNG depends only on (seed, epoch, image index), so
-        a resumed run sees exactly the batches an uninterrupted one would."""
-        images, labels = [], []
-        for index in indices:
-            image_id = job.ids[index]
-            rng = np.random.default_rng([c["seed"], epoch, int(index)])
-            img = cam_train_augment(job.dataset.load_image(image_id), rng, tuple(c["resize_long"]),
-                                    c["crop_size"], c["hflip"])
-            images.append(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
-            labels.append(torch.from_numpy(job.dataset.label_vector(image_id)))
-        return torch.stack(images).float().to(job.device), torch.stack(labels).to(job.device)
+    def make_sample(index, epoch):
+        """An augmented crop (uint8, CHW) and its labels; the RNG depends only on (seed, epoch,
+        image index), so a resumed run sees exactly the batches an uninterrupted one would."""
+        image_id = job.ids[index]
+        rng = np.random.default_rng([c["seed"], epoch, int(index)])
+        img = cam_train_augment(job.dataset.load_image(image_id), rng, tuple(c["resize_long"]),
+                                c["crop_size"], c["hflip"])
+        return (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
+                torch.from_numpy(job.dataset.label_vector(image_id)))
 
     def compute_loss(logits, batch):
         return F.multilabel_soft_margin_loss(logits, batch[1]), {}
 
     run_training(job, model, optimizer, epochs=c["epochs"], num_samples=len(job.ids),
-                 batch_size=c["batch_size"], seed=c["seed"], make_batch=make_batch,
-                 forward=lambda batch: model(batch[0]), compute_loss=compute_loss)
+                 batch_size=c["batch_size"], seed=c["seed"], make_sample=make_sample, collate=stack_samples,
+                 forward=lambda batch: model(batch[0].float()), compute_loss=compute_loss)
     finish_training(job, MODEL_FILE, arch={"num_classes": job.dataset.num_classes, "depth": b["depth"]},
                     state_dict=model.state_dict(), class_names=list(job.dataset.class_names))

@@ -13,7 +13,7 @@ from wsis.training import load_checkpoint
 from wsis.transforms import irn_train_augment
 
 from ..engine import Job
-from ..training import finish_training, run_training, sgd
+from ..training import finish_training, run_training, sgd, stack_samples
 from . import train_cam
 
 MODEL_FILE = "model.pt"
@@ -49,17 +49,14 @@ def run(job: Job) -> None:
                     c["momentum"], c["weight_decay"])
     labels_dir = job.inputs["ir_label"]
 
-    def make_batch(indices, epoch):
-        images, labels = [], []
-        for index in indices:
-            image_id = train_ids[index]
-            rng = np.random.default_rng([c["seed"], epoch, int(index)])
-            img, lab = irn_train_augment(job.dataset.load_image(image_id),
-                                         read_label_png(labels_dir / f"{image_id}.png"), rng,
-                                         tuple(c["scale_range"]), c["crop_size"], c["hflip"])
-            images.append(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
-            labels.append(torch.from_numpy(np.ascontiguousarray(lab[::4, ::4])))  # stride-4 labels
-        return torch.stack(images).float().to(job.device), torch.stack(labels).long().to(job.device)
+    def make_sample(index, epoch):
+        image_id = train_ids[index]
+        rng = np.random.default_rng([c["seed"], epoch, int(index)])
+        img, lab = irn_train_augment(job.dataset.load_image(image_id),
+                                     read_label_png(labels_dir / f"{image_id}.png"), rng,
+                                     tuple(c["scale_range"]), c["crop_size"], c["hflip"])
+        return (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
+                torch.from_numpy(np.ascontiguousarray(lab[::4, ::4])).long())  # stride-4 labels
 
     def compute_loss(outputs, batch):
         logits, disp = outputs
@@ -67,8 +64,8 @@ def run(job: Job) -> None:
         return losses["boundary"] + losses["displacement"], losses
 
     run_training(job, model, optimizer, epochs=c["epochs"], num_samples=len(train_ids),
-                 batch_size=c["batch_size"], seed=c["seed"], make_batch=make_batch,
-                 forward=lambda batch: model(batch[0]), compute_loss=compute_loss)
+                 batch_size=c["batch_size"], seed=c["seed"], make_sample=make_sample,
+                 collate=stack_samples, forward=lambda batch: model(batch[0].float()), compute_loss=compute_loss)
     model.mean_displacement.copy_(mean_displacement(model, job, job.dataset.ids(job.cfg["data"]["infer_split"])))
     finish_training(job, MODEL_FILE, arch={"depth": job.cfg["backbone"]["depth"], "crop_size": c["crop_size"]},
                     state_dict=model.state_dict())

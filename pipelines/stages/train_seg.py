@@ -51,22 +51,21 @@ def run(job: Job) -> None:
                                s["momentum"], head["weight_decay"])
     size = s["input_size"]
 
-    def make_batch(indices, epoch):
-        images, targets = [], []
-        for index in indices:
-            rng = np.random.default_rng([s["seed"], epoch, int(index)])
-            canvas, target = data.sample(int(index), size, flip=s["hflip"] and rng.random() < 0.5)
-            images.append(torch.from_numpy(canvas).permute(2, 0, 1))
-            targets.append({k: v.to(job.device) for k, v in target.items()})
-        return torch.stack(images).float().to(job.device), targets
+    def make_sample(index, epoch):
+        rng = np.random.default_rng([s["seed"], epoch, int(index)])
+        canvas, target = data.sample(int(index), size, flip=s["hflip"] and rng.random() < 0.5)
+        return torch.from_numpy(canvas).permute(2, 0, 1), target
+
+    def collate(samples):
+        return torch.stack([image for image, _ in samples]), [target for _, target in samples]
 
     def compute_loss(outputs, batch):
         losses = model.loss(outputs, batch[1])
         return sum(losses.values()), losses
 
     run_training(job, model, optimizer, epochs=s["epochs"], num_samples=len(data), batch_size=s["batch_size"],
-                 seed=s["seed"], make_batch=make_batch,
-                 forward=lambda batch: model(batch[0]), compute_loss=compute_loss,
+                 seed=s["seed"], make_sample=make_sample,
+                 collate=collate, forward=lambda batch: model(batch[0].float()), compute_loss=compute_loss,
                  warmup_iters=s["warmup_iters"], grad_clip=s["grad_clip"])
     arch = {"model": s["model"], "backbone": dict(job.cfg["backbone"]), "heads": heads, "input_size": size,
             "fpn_channels": s["fpn_channels"]}

@@ -1,0 +1,85 @@
+"""Mixed precision (run.amp): every model trains a few steps under bf16 autocast on the CPU
+with finite losses; fp16 adds a GradScaler whose state is checkpointed; bad values are refused."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipelines.engine import Job
+from pipelines.training import CHECKPOINT_FILE, Precision, run_training
+from wsis.errors import ConfigError
+from wsis.models.backbone import ResNetStages
+from wsis.models.cam import CAMNet
+from wsis.models.irn import IRNet, irn_losses
+from wsis.models.registry import MODELS
+
+from test_seg_models import batch, make_model, two_images
+
+
+def train_a_few_steps(tmp_path, model, x, loss_fn, amp, steps=3):
+    """Trains ``model`` on one fixed batch for ``steps`` steps; returns the losses and the
+    dtype of the forward's first floating output."""
+    job = Job("toy", {"run": {"amp": amp, "loader_workers": 0}}, None, (), tmp_path, {}, "cpu")
+    opt = torch.optim.SGD([{"params": [p for p in model.parameters() if p.requires_grad],
+                            "lr": 1e-3, "base_lr": 1e-3}], lr=1e-3)
+    seen = {"losses": [], "dtype": None}
+
+    def forward(b):
+        out = model(b)
+        first = out[0] if isinstance(out, tuple) else (out if torch.is_tensor(out) else None)
+        if first is not None and seen["dtype"] is None:
+            seen["dtype"] = first.dtype
+        return out
+
+    def compute_loss(outputs, b):
+        loss = loss_fn(outputs)
+        seen["losses"].append(loss.item())
+        return loss, {}
+
+    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    run_training(job, model, opt, epochs=steps, num_samples=1, batch_size=1, seed=0,
+                 make_sample=lambda index, epoch: x, collate=lambda samples: samples[0],
+                 forward=forward, compute_loss=compute_loss)
+    after = [p for p in model.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after)), "nothing was updated"
+    assert len(seen["losses"]) == steps and np.isfinite(seen["losses"]).all(), seen["losses"]
+    return seen
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cam_net_trains_under_autocast(tmp_path, amp):
+    torch.manual_seed(0)
+    model = CAMNet(3, depth=18, freeze_bn=True, frozen_stages=0)
+    x = torch.rand(2, 3, 64, 64) * 255
+    y = torch.tensor([[1.0, 0, 0], [0, 1, 1]])
+    seen = train_a_few_steps(tmp_path, model, x, lambda logits: F.multilabel_soft_margin_loss(logits, y), amp)
+    assert seen["dtype"] == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    ckpt = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)
+    assert (ckpt["scaler"] is not None) == (amp == "fp16")
+
+
+def test_irnet_trains_under_bf16(tmp_path):
+    torch.manual_seed(0)
+    model = IRNet(ResNetStages(18, freeze_bn=True))
+    x = torch.rand(1, 3, 64, 64) * 255
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    labels[:, 4:12, 3:9], labels[:, 4:12, 9:14] = 1, 2
+
+    def loss(outputs):
+        losses = irn_losses(*outputs, labels, 5)
+        return losses["boundary"] + losses["displacement"]
+    assert train_a_few_steps(tmp_path, model, x, loss, "bf16")["dtype"] == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_instance_models_train_under_bf16(tmp_path, name):
+    torch.manual_seed(0)
+    model = make_model(name)
+    x, targets = batch(two_images())
+    train_a_few_steps(tmp_path, model, x, lambda out: sum(model.loss(out, targets).values()), "bf16")
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ConfigError, match="run.amp: 'fp8'"):
+        Precision("fp8", "cpu")
