@@ -42,7 +42,7 @@ def cam_splits(cfg: dict) -> list[str]:
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train_cam", "train the CAM classifier", upstream=(),
           sections=("backbone", "train_cam"), version=2, image_splits=train_split,
-          run="train_cam:run"),
+          run="train_cam:run", data_parallel=True),
     Stage("make_cam", "multi-scale CAMs per image", upstream=("train_cam",),
           sections=("make_cam",), version=2, image_splits=cam_splits,
           per_image="make_cam:process"),
@@ -54,7 +54,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           per_image="ir_label:process", output_name="{id}.png"),
     Stage("train_irn", "train IRNet (boundary and displacement)", upstream=("ir_label", "train_cam"),
           sections=("backbone", "train_irn"), version=2, image_splits=irn_and_infer_splits,
-          run="train_irn:run"),
+          run="train_irn:run", data_parallel=True),
     Stage("irn_infer", "IRNet boundary and displacement per image", upstream=("train_irn",),
           sections=(), version=1, image_splits=infer_split, per_image="irn_infer:process"),
     Stage("sem_seg", "semantic pseudo-labels by random walk", upstream=("make_cam", "irn_infer"),
@@ -73,7 +73,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           run="eval_pseudo:run_instance", needs_masks=True, reads_images=False),
     Stage("train_seg", "train the instance-segmentation model on the pseudo-labels",
           upstream=("export", "train_cam"), sections=("backbone", "seg", "solo", "yolact", "centermask"),
-          version=1, image_splits=infer_split, run="train_seg:run"),
+          version=1, image_splits=infer_split, run="train_seg:run", data_parallel=True),
     Stage("eval_seg", "instance-segmentation model: COCO AP and VOC mAP50", upstream=("train_seg",),
           sections=("seg",), version=1, image_splits=eval_split, run="eval_seg:run", needs_masks=True),
 ]}

@@ -69,6 +69,7 @@ class Stage:
     per_image: Callable[[Job, list[str]], None] | str | None = None
     output_name: str = "{id}.npz"
     needs_masks: bool = False     # evaluation: skipped on datasets without masks
+    data_parallel: bool = False   # a training stage that ``--gpus N`` runs in N processes
     reads_images: bool = True     # its images are checked before the run starts
 
     def output_path(self, out_dir: Path, image_id: str) -> Path:
@@ -100,6 +101,7 @@ class Pipeline:
     device: str = "cpu"          # cpu, cuda, or auto (resolved when a stage runs)
     scheduler: str | None = None
     workers: int = 0
+    processes: int = 1           # data-parallel processes for training stages (--gpus)
     _fingerprints: dict[str, tuple[str, dict]] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- the DAG
@@ -249,7 +251,11 @@ class Pipeline:
                 raise RuntimeError(f"{stage.name}: no output for {len(missing)} images, e.g. {missing[0]}")
         else:
             say(f"{stage.name}: {stage.description}")
-            stage.function("run")(job)
+            if stage.data_parallel and self.processes > 1:
+                from .distributed import launch
+                launch(job, stage.run, self.processes)
+            else:
+                stage.function("run")(job)
         manifest.update(status="done", seconds=round(time.monotonic() - start, 2))
         (out / PROGRESS).unlink(missing_ok=True)
         write_json(out / MANIFEST, manifest)

@@ -14,6 +14,7 @@ from wsis.errors import ConfigError
 from wsis.io import write_json
 from wsis.training import load_checkpoint, poly_lr, save_checkpoint
 
+from . import distributed
 from .engine import PROGRESS, Job
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -125,21 +126,30 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
                  num_samples: int, batch_size: int, seed: int,
                  make_sample: Callable[[int, int], object],
                  collate: Callable[[list], object],
-                 forward: Callable[[object], object],
+                 forward: Callable[[torch.nn.Module, object], object],
                  compute_loss: Callable[[object, object], tuple[torch.Tensor, dict]],
-                 warmup_iters: int = 0, grad_clip: float | None = None) -> None:
+                 warmup_iters: int = 0, grad_clip: float | None = None,
+                 find_unused_parameters: bool = False) -> None:
     """Train ``model`` in place.
 
     ``make_sample(index, epoch)`` builds one training sample on the CPU (decode, augment,
     targets) and ``collate(samples)`` a batch of them; both run in DataLoader worker processes
-    (``run.loader_workers``). The batch is moved to the device, ``forward(batch)`` runs the
-    model (under autocast when ``run.amp`` asks for it), and ``compute_loss(outputs, batch)``
+    (``run.loader_workers``). The batch is moved to the device, ``forward(net, batch)`` runs
+    ``net`` (the model, or its DistributedDataParallel wrapper under ``wsis run --gpus N``) (under autocast when ``run.amp`` asks for it), and ``compute_loss(outputs, batch)``
     returns (loss, logs) from the outputs cast to float32. Every optimizer param group needs a
     ``base_lr``; the rate decays as (1 - step / max_step)^0.9, after a linear warm-up over
     ``warmup_iters`` steps; gradients are clipped to norm ``grad_clip`` when given."""
     precision = Precision(job.cfg["run"]["amp"], job.device)
     workers = loader_workers(job.cfg["run"]["loader_workers"])
+    world, rank = distributed.world_size(), distributed.rank()
+    net = data_parallel(model, job, find_unused_parameters) if world > 1 else model
+    if job.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = job.cfg["run"]["cudnn_benchmark"]
+        if job.cfg["run"]["channels_last"]:
+            model.to(memory_format=torch.channels_last)
     batch = min(batch_size, num_samples)
+    if batch % world:
+        raise ConfigError(f"{job.stage}: batch size {batch} does not split over {world} processes")
     steps_per_epoch = num_samples // batch
     max_step = steps_per_epoch * epochs
     ckpt_path = job.out_dir / CHECKPOINT_FILE
@@ -151,10 +161,13 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
         if ckpt.get("scaler"):
             precision.scaler.load_state_dict(ckpt["scaler"])
         start_epoch = ckpt["epoch"] + 1
-        print(f"{job.stage}: resuming after epoch {start_epoch} of {epochs}", flush=True)
-    batches = [[(epoch, int(i)) for i in epoch_order(seed, epoch, num_samples)[it * batch:(it + 1) * batch]]
+        if rank == 0:
+            print(f"{job.stage}: resuming after epoch {start_epoch} of {epochs}", flush=True)
+    # Each rank takes every world-th sample of each global batch: the global batch, and so
+    # the result, is the same for any number of processes, and a resume replays it exactly.
+    batches = [[(epoch, int(i)) for i in epoch_order(seed, epoch, num_samples)[it * batch:(it + 1) * batch]][rank::world]
                for epoch in range(start_epoch, epochs) for it in range(steps_per_epoch)]
-    progress = job.progress(len(batches), unit="iterations")
+    progress = job.progress(len(batches), unit="iterations") if rank == 0 else None
     model.train()
     t0 = time.monotonic()
     for n, data in enumerate(batch_loader(make_sample, collate, batches, workers, job.device)):
@@ -165,7 +178,7 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
             group["lr"] = poly_lr(group["base_lr"], step, max_step) * warm
         data = to_device(data, job.device)
         with precision.autocast():
-            outputs = forward(data)
+            outputs = forward(net, data)
         loss, _ = compute_loss(as_float32(outputs), data)
         optimizer.zero_grad(set_to_none=True)
         precision.scaler.scale(loss).backward()
@@ -174,16 +187,36 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         precision.scaler.step(optimizer)
         precision.scaler.update()
+        if world > 1:   # the loss every rank reports is the global batch's
+            loss = loss.detach().clone()
+            torch.distributed.all_reduce(loss)
+            loss /= world
         rate = batch / max(time.monotonic() - t0, 1e-9)
         t0 = time.monotonic()
-        progress.update(1, f"epoch {epoch + 1}/{epochs}, loss {loss.item():.4f}, {rate:.1f} img/s")
-        if it == steps_per_epoch - 1:
+        if progress:
+            progress.update(1, f"epoch {epoch + 1}/{epochs}, loss {loss.item():.4f}, {rate:.1f} img/s")
+        if it == steps_per_epoch - 1 and rank == 0:
             save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
                             scaler=precision.scaler.state_dict() if precision.scaler.is_enabled() else None)
             write_json(job.out_dir / PROGRESS, {"done": epoch + 1, "total": epochs, "unit": "epochs"})
 
 
+def data_parallel(model: torch.nn.Module, job: Job, find_unused_parameters: bool) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel. Trainable BatchNorm becomes SyncBatchNorm
+    on CUDA, so its statistics cover the global batch (frozen BatchNorm, in eval mode, has
+    nothing to sync); on the CPU (gloo, for testing) each rank keeps its own statistics and
+    DDP broadcasts rank 0's buffers."""
+    from torch.nn.parallel import DistributedDataParallel
+    if job.device.startswith("cuda"):
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return DistributedDataParallel(model, device_ids=[torch.device(job.device).index],
+                                       find_unused_parameters=find_unused_parameters)
+    return DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
+
+
 def finish_training(job: Job, model_file: str, **payload) -> None:
-    """Write the final model atomically, then drop the resume checkpoint."""
+    """Write the final model atomically (rank 0 alone), then drop the resume checkpoint."""
+    if not distributed.is_main_process():
+        return
     save_checkpoint(job.out_dir / model_file, **payload)
     (job.out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)

@@ -25,8 +25,8 @@ def train_a_few_steps(tmp_path, model, x, loss_fn, amp, steps=3):
                             "lr": 1e-3, "base_lr": 1e-3}], lr=1e-3)
     seen = {"losses": [], "dtype": None}
 
-    def forward(b):
-        out = model(b)
+    def forward(net, b):
+        out = net(b)
         first = out[0] if isinstance(out, tuple) else (out if torch.is_tensor(out) else None)
         if first is not None and seen["dtype"] is None:
             seen["dtype"] = first.dtype

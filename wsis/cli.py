@@ -111,13 +111,17 @@ def main():
 @click.option("--workers", type=int, default=0, help="Local Dask workers [default: one per core].")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Use an existing dask.distributed scheduler (the work dir must be on a shared filesystem).")
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train data-parallel in N processes (torchrun, DDP): one per GPU with --device cuda; "
+                   "with --device cpu, N gloo processes.")
 @common_options
 @user_errors
-def run(stage, force, workers, scheduler, **common):
+def run(stage, force, workers, scheduler, gpus, **common):
     """Run STAGE after whatever it needs that is missing or stale."""
     from pipelines.report import metrics_table
     session = Session(**common)
     pipeline = session.pipeline(scheduler, workers, record=True)
+    pipeline.processes = gpus
     pipeline.run(stage, force=force)
     metrics = pipeline.collect_metrics()
     if metrics:

@@ -52,6 +52,6 @@ def run(job: Job) -> None:
 
     run_training(job, model, optimizer, epochs=c["epochs"], num_samples=len(job.ids),
                  batch_size=c["batch_size"], seed=c["seed"], make_sample=make_sample, collate=stack_samples,
-                 forward=lambda batch: model(batch[0].float()), compute_loss=compute_loss)
+                 forward=lambda net, batch: net(batch[0].float()), compute_loss=compute_loss)
     finish_training(job, MODEL_FILE, arch={"num_classes": job.dataset.num_classes, "depth": b["depth"]},
                     state_dict=model.state_dict(), class_names=list(job.dataset.class_names))

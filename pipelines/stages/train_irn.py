@@ -12,6 +12,7 @@ from wsis.models.irn import IRNet, irn_losses
 from wsis.training import load_checkpoint
 from wsis.transforms import irn_train_augment
 
+from .. import distributed
 from ..engine import Job
 from ..training import finish_training, run_training, sgd, stack_samples
 from . import train_cam
@@ -65,7 +66,7 @@ def run(job: Job) -> None:
 
     run_training(job, model, optimizer, epochs=c["epochs"], num_samples=len(train_ids),
                  batch_size=c["batch_size"], seed=c["seed"], make_sample=make_sample,
-                 collate=stack_samples, forward=lambda batch: model(batch[0].float()), compute_loss=compute_loss)
+                 collate=stack_samples, forward=lambda net, batch: net(batch[0].float()), compute_loss=compute_loss)
     model.mean_displacement.copy_(mean_displacement(model, job, job.dataset.ids(job.cfg["data"]["infer_split"])))
     finish_training(job, MODEL_FILE, arch={"depth": job.cfg["backbone"]["depth"], "crop_size": c["crop_size"]},
                     state_dict=model.state_dict())
@@ -79,12 +80,17 @@ def mean_displacement(model: IRNet, job: Job, ids) -> torch.Tensor:
     large photos."""
     model.eval()
     crop = job.cfg["train_irn"]["crop_size"]
-    total = torch.zeros(2, dtype=torch.float64)
-    progress = job.progress(len(ids))
-    for image_id in ids:
+    world, rank = distributed.world_size(), distributed.rank()
+    total = torch.zeros(2, dtype=torch.float64, device=job.device)
+    mine = list(ids)[rank::world]          # data-parallel ranks share the images
+    progress = job.progress(len(mine)) if rank == 0 else None
+    for image_id in mine:
         image = job.dataset.load_image(image_id)[:crop, :crop]
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().to(job.device)
         _, disp = model(x, pad_to=crop, crop_output=False)
-        total += disp[0].mean(dim=(1, 2)).double().cpu()
-        progress.update(1, "mean displacement")
-    return (total / max(len(ids), 1)).float().to(job.device)
+        total += disp[0].mean(dim=(1, 2)).double()
+        if progress:
+            progress.update(1, "mean displacement")
+    if world > 1:
+        torch.distributed.all_reduce(total)
+    return (total / max(len(ids), 1)).float()

@@ -65,8 +65,8 @@ def run(job: Job) -> None:
 
     run_training(job, model, optimizer, epochs=s["epochs"], num_samples=len(data), batch_size=s["batch_size"],
                  seed=s["seed"], make_sample=make_sample,
-                 collate=collate, forward=lambda batch: model(batch[0].float()), compute_loss=compute_loss,
-                 warmup_iters=s["warmup_iters"], grad_clip=s["grad_clip"])
+                 collate=collate, forward=lambda net, batch: net(batch[0].float()), compute_loss=compute_loss,
+                 warmup_iters=s["warmup_iters"], grad_clip=s["grad_clip"], find_unused_parameters=True)
     arch = {"model": s["model"], "backbone": dict(job.cfg["backbone"]), "heads": heads, "input_size": size,
             "fpn_channels": s["fpn_channels"]}
     # the layout load_instance_model reads
