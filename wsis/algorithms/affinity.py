@@ -83,7 +83,22 @@ def path_max(boundary: torch.Tensor, radius: int) -> torch.Tensor:
     Returns (..., D, H - m, W - 2m) with directions in ``path_index(radius).directions`` order.
     Differentiable; a path's gradient goes to its first maximal cell in path-cell order.
     """
-    return _PathMax.apply(boundary, radius)
+    if boundary.requires_grad and torch.is_grad_enabled():
+        return _PathMax.apply(boundary, radius)
+    # values only (the random walk): a running maximum over views, nothing gathered
+    m, hs, ws = _window(boundary.shape, radius)
+    pi = path_index(radius)
+    out = boundary.new_empty(*boundary.shape[:-2], len(pi.directions), hs, ws)
+    k = 0
+    for group in pi.groups:
+        for cells in group.tolist():
+            acc = out[..., k, :, :]
+            (py, px), rest = cells[0], cells[1:]
+            acc.copy_(boundary[..., py:py + hs, m + px:m + px + ws])
+            for py, px in rest:
+                torch.maximum(acc, boundary[..., py:py + hs, m + px:m + px + ws], out=acc)
+            k += 1
+    return out
 
 
 def shifted_targets(values: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
