@@ -70,6 +70,8 @@ def affinity_stencil(boundary: np.ndarray, radius: int = 5, beta: float = 10.0) 
     # the reverse direction -d at p is the pair (p - d, p), stored at source p - d
     mirrored = np.zeros_like(a)
     for k, (dy, dx) in enumerate(half.tolist()):
+        if dy >= h or abs(dx) >= w:
+            continue                        # no pair of the grid is this far apart
         mirrored[k, dy:, max(dx, 0):w + min(dx, 0)] = a[k, :h - dy, max(-dx, 0):w - max(dx, 0)]
     offsets = np.concatenate([half, -half, np.zeros((1, 2), np.int64)])
     weights = np.concatenate([a, mirrored, np.ones((1, h, w), np.float32)])
