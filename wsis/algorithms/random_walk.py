@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .affinity import pad_for_all_sources, path_max
 from .path_index import path_index
 
@@ -133,6 +134,8 @@ def random_walk(seeds: np.ndarray, boundary: np.ndarray, radius: int = 5, beta: 
     Runs on ``device`` (a torch device: "cpu", "cuda", ...). Returns (C, h, w) float32 numpy.
     Memory is O(h * w * radius^2); no N x N matrix is formed.
     """
+    if not 0.0 <= tolerance < 1.0:
+        raise ConfigError(f"random_walk.tolerance: {tolerance} is not in [0, 1)")
     c, h, w = seeds.shape
     if c == 0:
         return np.zeros_like(seeds, dtype=np.float32)
