@@ -1,4 +1,5 @@
 import numpy as np
+from skimage.measure import label
 
 from wsis.algorithms.instances import cluster_instances, detections, find_centroids, instance_seeds
 from wsis.algorithms.labels import upsample_normalised
@@ -120,6 +121,38 @@ def test_detections_split_with_4_connectivity():
     assert cls.tolist() == [2, 2]
     np.testing.assert_allclose(sc, [0.8, 0.5])
     assert (inst[1:5, 1:5] == 1).all() and (inst[5:9, 5:9] == 2).all()
+
+
+def reference_detections(scores, classes, n_instances, bg_threshold, min_area_fraction=0.01):
+    """Channel by channel: label its winning pixels (4-connected), one detection per part."""
+    h, w = scores.shape[1:]
+    out = np.zeros((h, w), np.int32)
+    det_classes, det_scores = [], []
+    winner = np.concatenate([np.full((1, h, w), bg_threshold, scores.dtype), scores]).argmax(0)
+    for ch in np.unique(winner[winner > 0]):
+        parts = label(winner == ch, connectivity=1)
+        for part in range(1, parts.max() + 1):
+            mask = parts == part
+            big = mask.sum() >= min_area_fraction * h * w
+            det_classes.append(classes[(ch - 1) // n_instances])
+            det_scores.append(scores[ch - 1][mask].max() if big else 0.0)
+            out[mask] = len(det_scores)
+    return out, det_classes, det_scores
+
+
+def test_detections_match_the_channel_by_channel_reference():
+    rng = np.random.default_rng(3)
+    for k, i, h, w in ((2, 3, 40, 50), (3, 1, 31, 17), (1, 4, 64, 64)):
+        # blocky scores (from a coarse grid) make components of many sizes, with ties
+        coarse = rng.random((k * i, h // 4 + 1, w // 4 + 1)).astype(np.float32) * 0.6
+        scores = np.ascontiguousarray(coarse.repeat(4, 1).repeat(4, 2)[:, :h, :w])
+        scores[:, rng.random((h, w)) < 0.05] = 0.25          # some ties with the background
+        classes = [int(c) for c in rng.choice(20, k, replace=False)]
+        got = detections(scores, classes, i, 0.25, 0.01)
+        want = reference_detections(scores, classes, i, 0.25, 0.01)
+        np.testing.assert_array_equal(got[0], want[0])
+        assert got[1].tolist() == want[1]
+        np.testing.assert_array_equal(got[2], np.array(want[2], np.float32))
 
 
 def test_upsample_normalised():

@@ -66,21 +66,28 @@ def detections(scores: np.ndarray, classes, n_instances: int, bg_threshold: floa
     ``classes[k]``. Returns (instance map (H, W) int32 with 0 = none and n = detection n,
     detection classes (N,), detection scores (N,)); a detection's score is the max of its
     channel inside it, or 0 when its area is under ``min_area_fraction`` of the image.
-    Components are 4-connected, as in the reference code."""
+    Components are 4-connected, as in the reference code; detections are ordered by channel,
+    then by their first pixel in raster order.
+
+    One labelling of the whole winner map (regions of equal winner are its components) and
+    per-component reductions replace a labelling and full-image masks per channel."""
     h, w = scores.shape[1:]
-    out = np.zeros((h, w), np.int32)
-    det_classes, det_scores = [], []
     if scores.shape[0] == 0:
-        return out, np.zeros(0, np.int64), np.zeros(0, np.float32)
-    full = np.concatenate([np.full((1, h, w), bg_threshold, scores.dtype), scores])
-    winner = full.argmax(0)
-    for ch in np.unique(winner[winner > 0]):
-        parts = connected_components(winner == ch, connectivity=1)
-        for part in range(1, parts.max() + 1):
-            mask = parts == part
-            area = int(mask.sum())
-            score = float(scores[ch - 1][mask].max()) if area >= min_area_fraction * h * w else 0.0
-            det_classes.append(int(classes[(ch - 1) // max(n_instances, 1)]))
-            det_scores.append(score)
-            out[mask] = len(det_scores)
-    return out, np.array(det_classes, np.int64), np.array(det_scores, np.float32)
+        return np.zeros((h, w), np.int32), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    best, channel = torch.from_numpy(np.ascontiguousarray(scores)).max(0)     # first max wins
+    best = best.numpy()
+    winner = np.where(best > np.asarray(bg_threshold, scores.dtype), channel.numpy() + 1, 0)  # ties: bg
+    components = connected_components(winner, connectivity=1, background=0)
+    n = int(components.max())
+    flat = components.ravel()
+    area = np.bincount(flat, minlength=n + 1)[1:]
+    comp_channel = np.zeros(n + 1, np.int64)
+    comp_channel[flat] = winner.ravel()
+    peak = torch.zeros(n + 1, dtype=torch.from_numpy(best).dtype).scatter_reduce_(
+        0, torch.from_numpy(flat.astype(np.int64)), torch.from_numpy(best.ravel()), "amax", include_self=False)
+    order = np.lexsort((np.arange(n), comp_channel[1:]))
+    rank = np.zeros(n + 1, np.int32)
+    rank[order + 1] = np.arange(1, n + 1)
+    det_classes = np.asarray(classes, np.int64)[(comp_channel[order + 1] - 1) // max(n_instances, 1)]
+    det_scores = np.where(area[order] >= min_area_fraction * h * w, peak.numpy()[order + 1], 0.0)
+    return rank[components], det_classes.astype(np.int64), det_scores.astype(np.float32)

@@ -131,20 +131,23 @@ def random_walk(seeds: np.ndarray, boundary: np.ndarray, radius: int = 5, beta: 
 
     ``tolerance`` 0 makes the t products exactly; above 0, the Chebyshev form (module
     docstring) whose dropped weight is at most ``tolerance`` (if that needs fewer products).
-    Runs on ``device`` (a torch device: "cpu", "cuda", ...). Returns (C, h, w) float32 numpy.
+    Runs on ``device`` (a torch device: "cpu", "cuda", ...); all-zero channels are not walked
+    (they stay zero). Returns (C, h, w) float32 numpy.
     Memory is O(h * w * radius^2); no N x N matrix is formed.
     """
     if not 0.0 <= tolerance < 1.0:
         raise ConfigError(f"random_walk.tolerance: {tolerance} is not in [0, 1)")
     c, h, w = seeds.shape
-    if c == 0:
-        return np.zeros_like(seeds, dtype=np.float32)
+    x = (seeds * (1.0 - boundary)[None]).astype(np.float32).reshape(c, h * w)
+    active = np.flatnonzero((x != 0).any(axis=1))
+    out = np.zeros((c, h * w), np.float32)
+    if len(active) == 0:                    # the walk is linear: zero seeds stay zero
+        return out.reshape(c, h, w)
     t = 2 ** exp_times
     coeffs = power_chebyshev_coefficients(t, tolerance) if tolerance > 0 else None
     fast = coeffs is not None and len(coeffs) - 1 < t
     matrix, degree = transition_operator(boundary, radius, beta, device, symmetric=fast)
-    x = torch.from_numpy((seeds * (1.0 - boundary)[None]).reshape(c, h * w).T.astype(np.float32))
-    x = x.contiguous().to(device)
+    x = torch.from_numpy(np.ascontiguousarray(x[active].T)).to(device)
     if fast:
         root = degree.sqrt()[:, None]
         x = chebyshev_series(matrix, x * root, coeffs) / root
@@ -152,7 +155,8 @@ def random_walk(seeds: np.ndarray, boundary: np.ndarray, radius: int = 5, beta: 
         inv_degree = (1.0 / degree)[:, None]
         for _ in range(t):
             x = (matrix @ x) * inv_degree   # x^T T = ((A x) / d)^T since A = A^T
-    return x.T.reshape(c, h, w).cpu().numpy()
+    out[active] = x.T.cpu().numpy()
+    return out.reshape(c, h, w)
 
 
 def chebyshev_series(matrix: torch.Tensor, x: torch.Tensor, coeffs: np.ndarray) -> torch.Tensor:
