@@ -25,54 +25,65 @@ def _window(shape, radius: int) -> tuple[int, int, int]:
     return m, hs, ws
 
 
-class _PathMax(torch.autograd.Function):
-    """Max along every path, one path-length group at a time.
+def _running_max(boundary: torch.Tensor, radius: int, winners: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., D, hs, ws) path maxima as a running maximum over shifted views of ``boundary``,
+    one direction at a time: nothing is gathered, and a direction's running maximum (a few
+    hundred kB at training size) stays in cache. If ``winners`` (uint8, same shape) is given,
+    it receives the index of the first maximal cell of each path (the order of ``max(dim)``)."""
+    m, hs, ws = _window(boundary.shape, radius)
+    pi = path_index(radius)
+    out = boundary.new_empty(*boundary.shape[:-2], len(pi.directions), hs, ws)
+    k = 0
+    for group in pi.groups:
+        for cells in group.tolist():
+            best = out[..., k, :, :]
+            best.copy_(boundary[..., cells[0][0]:cells[0][0] + hs, m + cells[0][1]:m + cells[0][1] + ws])
+            if winners is not None:
+                winners[..., k, :, :].zero_()
+            for index, (py, px) in enumerate(cells[1:], start=1):
+                cell = boundary[..., py:py + hs, m + px:m + px + ws]
+                if winners is not None:
+                    winners[..., k, :, :].masked_fill_(cell > best, index)   # strictly: first wins
+                torch.maximum(best, cell, out=best)
+            k += 1
+    return out
 
-    The (m + 1) x (2m + 1) patches under every source are unfolded once; a group's cells are
-    rows of that unfolded tensor, so the group is one row gather and one ``max`` over the
-    path cells. Only the argmax (which cell won) is kept; the backward pass sends each output
-    gradient to its winning cell with one ``scatter_add`` instead of one full-size slice
-    gradient per path cell (~1,200 at radius 10)."""
+
+class _PathMax(torch.autograd.Function):
+    """``_running_max`` keeping only which cell won (uint8); the backward pass sends each
+    path's gradient to its winning cell, one ``scatter_add`` per direction, instead of one
+    full-size slice gradient per path cell (~1,200 at radius 10) and a full-size max mask."""
 
     @staticmethod
     def forward(ctx, boundary: torch.Tensor, radius: int) -> torch.Tensor:
         m, hs, ws = _window(boundary.shape, radius)
-        h, w = boundary.shape[-2:]
-        lead = boundary.shape[:-2]
-        flat = boundary.reshape(-1, 1, h, w)
-        # (cells (m+1)(2m+1), B, hs*ws): a group's cells are then whole contiguous blocks
-        patches = F.unfold(flat, (m + 1, 2 * m + 1)).transpose(0, 1).contiguous()
-        values, winners = [], []
-        for group in path_index(radius).groups:                       # (n_dirs, L, 2)
-            n, length = group.shape[:2]
-            rows = torch.from_numpy(group[..., 0] * (2 * m + 1) + group[..., 1] + m).reshape(-1)
-            cells = patches.index_select(0, rows.to(boundary.device)).view(n, length, len(flat), hs * ws)
-            best, which = cells.max(dim=1)                            # first maximal cell wins
-            values.append(best)
-            winners.append(which.to(torch.uint8))
-        ctx.save_for_backward(*winners)
+        winners = torch.empty(*boundary.shape[:-2], len(path_index(radius).directions), hs, ws,
+                              dtype=torch.uint8, device=boundary.device)
+        out = _running_max(boundary, radius, winners)
+        ctx.save_for_backward(winners)
         ctx.radius, ctx.shape = radius, boundary.shape
-        return torch.cat(values).transpose(0, 1).reshape(*lead, -1, hs, ws)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        (winners,) = ctx.saved_tensors
         radius, shape = ctx.radius, ctx.shape
         m, hs, ws = _window(shape, radius)
         h, w = shape[-2:]
         batch = math.prod(shape[:-2])
-        grad_out = grad_out.reshape(batch, -1, hs * ws)
         device = grad_out.device
         sources = (torch.arange(hs, device=device)[:, None] * w
-                   + torch.arange(m, m + ws, device=device)[None, :]).reshape(-1)
+                   + torch.arange(m, m + ws, device=device)[None, :]).reshape(1, -1)
         grad_in = torch.zeros(batch, h * w, dtype=grad_out.dtype, device=device)
-        start = 0
-        for group, which in zip(path_index(radius).groups, ctx.saved_tensors):
-            n = group.shape[0]
-            shift = torch.from_numpy(group[..., 0] * w + group[..., 1]).to(device)   # (n, L)
-            target = shift[torch.arange(n, device=device)[:, None, None], which.long()] + sources
-            grad_in.scatter_add_(1, target.transpose(0, 1).reshape(batch, -1),
-                                 grad_out[:, start:start + n].reshape(batch, -1))
-            start += n
+        grad_out = grad_out.reshape(batch, -1, hs * ws)
+        winners = winners.reshape(batch, -1, hs * ws)
+        k = 0
+        for group in path_index(radius).groups:
+            for cells in group:
+                shift = torch.from_numpy(cells[:, 0] * w + cells[:, 1]).to(device)
+                target = shift[winners[:, k].long()] + sources
+                grad_in.scatter_add_(1, target, grad_out[:, k])
+                k += 1
         return grad_in.view(shape), None
 
 
@@ -85,20 +96,7 @@ def path_max(boundary: torch.Tensor, radius: int) -> torch.Tensor:
     """
     if boundary.requires_grad and torch.is_grad_enabled():
         return _PathMax.apply(boundary, radius)
-    # values only (the random walk): a running maximum over views, nothing gathered
-    m, hs, ws = _window(boundary.shape, radius)
-    pi = path_index(radius)
-    out = boundary.new_empty(*boundary.shape[:-2], len(pi.directions), hs, ws)
-    k = 0
-    for group in pi.groups:
-        for cells in group.tolist():
-            acc = out[..., k, :, :]
-            (py, px), rest = cells[0], cells[1:]
-            acc.copy_(boundary[..., py:py + hs, m + px:m + px + ws])
-            for py, px in rest:
-                torch.maximum(acc, boundary[..., py:py + hs, m + px:m + px + ws], out=acc)
-            k += 1
-    return out
+    return _running_max(boundary, radius)
 
 
 def shifted_targets(values: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
