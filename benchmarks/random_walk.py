@@ -209,7 +209,8 @@ def main() -> None:
             if out is not exact:
                 line += "; vs exact: " + compare(out, exact)
             if dense:
-                line += f"; dense / this: x{dense['seconds'] / run['seconds']:.0f} wall"
+                line += (f"; dense / this: x{dense['seconds'] / run['seconds']:.0f} wall, "
+                         f"x{dense['cpu_seconds'] / run['cpu_seconds']:.0f} CPU")
             print(line)
         if dense:
             print(f"  exact vs dense: {compare(exact, np.load(result_path(f'dense_{channels}')))}")
