@@ -14,8 +14,9 @@ The reference squares a dense N x N T ``exp_times`` times (N = 11,750 for a 500x
   eigenvalues in [-1, 1]. On [-1, 1], lambda^t = 2^-t sum_m C(t, m) T_|t-2m|(lambda) (T_j the
   Chebyshev polynomials): binomial weights, concentrated within a few sqrt(t) of degree 0.
   Dropping the degrees whose total weight is under ``tolerance`` leaves a degree k of about
-  sqrt(2 t ln(2 / tolerance)) (~55 products instead of 256 at t = 256, tolerance 1e-3), and
-  since |T_j| <= 1 there, it moves every eigenvalue's factor by at most 2 * tolerance.
+  sqrt(2 t ln(2 / tolerance)) (52 products instead of 256 at t = 256, tolerance 1e-3), and
+  since |T_j| <= 1 there, it moves every eigenvalue's factor by at most about 2 * tolerance
+  (2 tol / (1 - tol) once the kept weights are rescaled to sum to 1).
 
 The product itself stays a CSR sparse-dense product: benchmarks/random_walk.py measures it
 against a stencil form (a sum of 69 shifted, weighted copies of the (C, h, w) seeds) and
