@@ -42,17 +42,23 @@ TOLERANCES = (1e-3, 1e-2)      # the default (configs/base.toml) and a looser on
 
 
 def make_input(h: int, w: int, channels: int, seed: int = 0):
-    """A boundary map with closed outlines (one per channel, overlapping) plus noise, and one
-    seed blob per channel inside its outline."""
+    """A boundary map with 5 closed outlines (objects) plus noise, the same for every channel
+    count, and one seed blob per channel, each inside one of the outlines."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
     boundary = 0.05 * rng.random((h, w))
-    seeds = np.zeros((channels, h, w), np.float32)
-    for c in range(channels):
+    objects = []
+    for _ in range(5):
         cy, cx, r = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w, rng.uniform(0.08, 0.2) * min(h, w)
-        d = np.hypot(yy - cy, xx - cx)
-        boundary = np.maximum(boundary, np.exp(-((d - r) ** 2) / 2.0))
-        seeds[c] = np.clip(1 - d / r, 0, 1) * rng.uniform(0.5, 1.0)
+        boundary = np.maximum(boundary, np.exp(-((np.hypot(yy - cy, xx - cx) - r) ** 2) / 2.0))
+        objects.append((cy, cx, r))
+    seeds = np.zeros((channels, h, w), np.float32)
+    blobs = np.random.default_rng(seed + 1)
+    for c in range(channels):
+        cy, cx, r = objects[c % 5]
+        dy, dx = blobs.uniform(-0.4, 0.4, 2) * r          # off-centre for the channels after the 5th
+        d = np.hypot(yy - cy - (dy if c >= 5 else 0), xx - cx - (dx if c >= 5 else 0))
+        seeds[c] = np.clip(1 - d / (0.8 * r), 0, 1) * blobs.uniform(0.5, 1.0)
     return seeds, boundary.astype(np.float32)
 
 
