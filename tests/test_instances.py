@@ -1,7 +1,7 @@
 import numpy as np
+from skimage.measure import label
 
-from wsis.algorithms.instances import (bilinear_sample, cluster_instances, detections, find_centroids,
-                                       instance_seeds)
+from wsis.algorithms.instances import cluster_instances, detections, find_centroids, instance_seeds
 from wsis.algorithms.labels import upsample_normalised
 
 
@@ -15,9 +15,40 @@ def two_centre_field(h=20, w=30, centres=((10, 7), (10, 22))):
     return np.stack([cy - ys, cx - xs]), owner
 
 
+def bilinear_sample(field, ys, xs):
+    """Sample (C, h, w) ``field`` at float coordinates inside the grid -> (C, n), by the formula."""
+    h, w = field.shape[1:]
+    y0 = np.clip(np.floor(ys).astype(np.int64), 0, h - 1)
+    x0 = np.clip(np.floor(xs).astype(np.int64), 0, w - 1)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = ys - y0, xs - x0
+    return (field[:, y0, x0] * (1 - fy) * (1 - fx) + field[:, y0, x1] * (1 - fy) * fx
+            + field[:, y1, x0] * fy * (1 - fx) + field[:, y1, x1] * fy * fx)
+
+
+def reference_centroids(displacement, iterations):
+    """Every pixel moved one bilinear step at a time, clipped to the grid, then rounded."""
+    _, h, w = displacement.shape
+    ys, xs = (a.ravel() for a in np.mgrid[0:h, 0:w].astype(np.float64))
+    for _ in range(iterations):
+        dy, dx = bilinear_sample(displacement, ys, xs)
+        ys, xs = np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)
+    return np.stack([np.round(ys), np.round(xs)]).astype(np.int64).reshape(2, h, w)
+
+
 def test_bilinear_sample_hand_case():
     f = np.array([[[0.0, 1.0], [2.0, 3.0]]])
     np.testing.assert_allclose(bilinear_sample(f, np.array([0.5, 0, 1]), np.array([0.5, 1, 1])), [[1.5, 1.0, 3.0]])
+
+
+def test_centroids_match_the_step_by_step_reference():
+    rng = np.random.default_rng(0)
+    field, _ = two_centre_field(37, 51, centres=((5, 6), (30, 44)))
+    noisy = 0.4 * field + rng.uniform(-0.7, 0.7, field.shape)     # smooth enough not to be chaotic
+    for f, iterations in ((noisy, 300), (0.9 * field, 50), (rng.uniform(-3, 3, (2, 6, 5)), 40),
+                          (rng.uniform(-3, 3, (2, 1, 9)), 20), (rng.uniform(-3, 3, (2, 7, 1)), 20),
+                          (np.full((2, 1, 1), 0.7), 5)):
+        np.testing.assert_array_equal(find_centroids(f, iterations), reference_centroids(f, iterations))
 
 
 def test_centroids_and_clusters_split_two_instances():
@@ -33,11 +64,27 @@ def test_centroids_and_clusters_split_two_instances():
     assert (inst > 0).all()
 
 
-def test_no_weak_region_means_no_instance():
+def test_no_weak_region_means_one_instance_of_everything():
+    """As in the reference code, pixels landing in no cluster form one instance."""
     field = np.full((2, 8, 8), 5.0)
     inst = cluster_instances(field, find_centroids(field, 10), 2.5)
-    assert inst.max() == 0
-    assert instance_seeds(np.ones((2, 8, 8), np.float32), inst).shape == (0, 8, 8)
+    assert (inst == 1).all()
+    assert instance_seeds(np.ones((2, 8, 8), np.float32), inst).shape == (2, 8, 8)
+
+
+def test_pixels_landing_in_no_cluster_are_the_first_instance():
+    # one row: weak (|D| < 2.5) at columns 1 and 5 only -> components 1 and 2
+    field = np.zeros((2, 1, 7))
+    field[1] = [3, 0, 3, 3, 3, 0, 3]
+    at = lambda cols: np.stack([np.zeros(7, np.int64), np.array(cols)]).reshape(2, 1, 7)
+    # landed components [1, 1, 2, 2, 0, 2, 0]: distinct {0, 1, 2} -> instances {1, 2, 3}
+    assert cluster_instances(field, at([1, 1, 5, 5, 3, 5, 0])).tolist() == [[2, 2, 3, 3, 1, 3, 1]]
+    # every pixel lands in a cluster: the clusters are instances 1 and 2
+    assert cluster_instances(field, at([1, 1, 5, 5, 5, 5, 1])).tolist() == [[1, 1, 2, 2, 2, 2, 1]]
+    # only the second cluster is reached: it is the only instance
+    assert cluster_instances(field, at([5] * 7)).tolist() == [[1] * 7]
+    # component 2 reached, and no cluster: no-cluster first
+    assert cluster_instances(field, at([5, 5, 0, 0, 5, 5, 5])).tolist() == [[2, 2, 1, 1, 2, 2, 2]]
 
 
 def test_instance_seeds_layout():
@@ -63,6 +110,49 @@ def test_detections_components_classes_scores():
     assert (inst == 0).sum() == h * w - 36 * 3 - 1
     empty = detections(np.zeros((0, 5, 5), np.float32), [], 0, 0.25)
     assert empty[0].shape == (5, 5) and len(empty[1]) == 0 and len(empty[2]) == 0
+
+
+def test_detections_split_with_4_connectivity():
+    """Two squares of one channel touching only at a corner are two detections."""
+    scores = np.zeros((1, 12, 12), np.float32)
+    scores[0, 1:5, 1:5] = 0.8
+    scores[0, 5:9, 5:9] = 0.5          # shares only the corner (4, 4)-(5, 5)
+    inst, cls, sc = detections(scores, [2], 1, bg_threshold=0.25, min_area_fraction=0.0)
+    assert cls.tolist() == [2, 2]
+    np.testing.assert_allclose(sc, [0.8, 0.5])
+    assert (inst[1:5, 1:5] == 1).all() and (inst[5:9, 5:9] == 2).all()
+
+
+def reference_detections(scores, classes, n_instances, bg_threshold, min_area_fraction=0.01):
+    """Channel by channel: label its winning pixels (4-connected), one detection per part."""
+    h, w = scores.shape[1:]
+    out = np.zeros((h, w), np.int32)
+    det_classes, det_scores = [], []
+    winner = np.concatenate([np.full((1, h, w), bg_threshold, scores.dtype), scores]).argmax(0)
+    for ch in np.unique(winner[winner > 0]):
+        parts = label(winner == ch, connectivity=1)
+        for part in range(1, parts.max() + 1):
+            mask = parts == part
+            big = mask.sum() >= min_area_fraction * h * w
+            det_classes.append(classes[(ch - 1) // n_instances])
+            det_scores.append(scores[ch - 1][mask].max() if big else 0.0)
+            out[mask] = len(det_scores)
+    return out, det_classes, det_scores
+
+
+def test_detections_match_the_channel_by_channel_reference():
+    rng = np.random.default_rng(3)
+    for k, i, h, w in ((2, 3, 40, 50), (3, 1, 31, 17), (1, 4, 64, 64)):
+        # blocky scores (from a coarse grid) make components of many sizes, with ties
+        coarse = rng.random((k * i, h // 4 + 1, w // 4 + 1)).astype(np.float32) * 0.6
+        scores = np.ascontiguousarray(coarse.repeat(4, 1).repeat(4, 2)[:, :h, :w])
+        scores[:, rng.random((h, w)) < 0.05] = 0.25          # some ties with the background
+        classes = [int(c) for c in rng.choice(20, k, replace=False)]
+        got = detections(scores, classes, i, 0.25, 0.01)
+        want = reference_detections(scores, classes, i, 0.25, 0.01)
+        np.testing.assert_array_equal(got[0], want[0])
+        assert got[1].tolist() == want[1]
+        np.testing.assert_array_equal(got[2], np.array(want[2], np.float32))
 
 
 def test_upsample_normalised():

@@ -34,8 +34,8 @@ def kill_when(proc, condition, timeout=300):
 PER_IMAGE = [
     ("make_cam", ("--set", "make_cam.scales=[1.0, 2.0, 3.0]"), 24, ".npz"),
     ("ir_label", ("--set", "ir_label.iterations=300"), 16, ".png"),
-    ("sem_seg", ("--set", "random_walk.exp_times=14"), 16, ".png"),
-    ("ins_seg", ("--set", "random_walk.exp_times=14"), 16, ".npz"),
+    ("sem_seg", ("--set", "random_walk.exp_times=14", "--set", "random_walk.tolerance=0"), 16, ".png"),
+    ("ins_seg", ("--set", "random_walk.exp_times=14", "--set", "random_walk.tolerance=0"), 16, ".npz"),
 ]
 
 

@@ -23,7 +23,7 @@ def process(job: Job, ids: list[str]) -> None:
         instance_map = cluster_instances(displacement, centroids, c["cluster_threshold"])
         n_instances = int(instance_map.max())
         seeds = instance_seeds(cams, instance_map)
-        walked = random_walk(seeds, boundary, rw["radius"], rw["beta"], rw["exp_times"])
+        walked = random_walk(seeds, boundary, rw["radius"], rw["beta"], rw["exp_times"], rw["tolerance"], job.device)
         scores = upsample_normalised(walked, image.shape[:2])
         inst, det_classes, det_scores = detections(scores, classes, n_instances, c["bg_threshold"],
                                                    c["min_area_fraction"])
