@@ -8,11 +8,11 @@ from wsis.coco import annotation, coco_evaluate
 from wsis.errors import DataError
 from wsis.inference import predict_image
 from wsis.io import write_json
-from wsis.metrics import instance_ap, mean_ap
+from wsis.metrics import mean_ap
 
 from ..engine import METRICS, Job
 from . import train_seg
-from .eval_pseudo import ground_truth_coco
+from .eval_pseudo import score_instances
 
 
 def run(job: Job) -> None:
@@ -22,18 +22,18 @@ def run(job: Job) -> None:
     if unknown:
         raise DataError(f"{job.inputs['train_seg']}: model class '{unknown[0]}' is not a class of the dataset")
     to_dataset = np.array([ds.class_names.index(n) for n in names], np.int64)
-    gt_path, images, truths = ground_truth_coco(ds, job.ids, job.out_dir / "ground_truth_coco.json")
-    predictions, results = [], []
-    progress = job.progress(len(job.ids))
-    for entry, image_id in zip(images, job.ids):
+    gt_path = job.out_dir / "ground_truth_coco.json"
+    results = []     # detections as RLE annotations, encoded as soon as they are made
+
+    def predict(entry, image_id):
         pred = predict_image(model, ds.load_image(image_id), arch["input_size"], job.device,
                              job.cfg["seg"]["score_threshold"])
         labels = to_dataset[pred["labels"]]
-        predictions.append((pred["masks"], labels, pred["scores"]))
         for m, c, sc in zip(pred["masks"], labels, pred["scores"]):
             results.append(annotation(m, c, entry["id"], len(results) + 1, sc))
-        progress.update(1)
-    aps = instance_ap(predictions, truths, ds.num_classes, (0.5,))[0.5]
+        return pred["masks"], labels, pred["scores"]
+
+    aps = score_instances(ds, job.ids, predict, (0.5,), gt_path, job.progress(len(job.ids)))[0.5]
     result = {"images": len(job.ids), "model": arch["model"],
               "mAP50": mean_ap(aps)}
     result.update({f"coco_{k}": v for k, v in coco_evaluate(gt_path, results).items()})
