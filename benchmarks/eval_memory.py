@@ -86,16 +86,22 @@ def measure(num_images: int) -> dict:
 
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         tracemalloc.start()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         aps = score_instances(ds, ids, predict, (0.5,), tmp / "gt.json",
                               Progress("eval", num_images, stream=sys.stderr, min_interval=30))
-        t_voc = time.perf_counter() - t0
+        t_voc, cpu_voc = time.perf_counter() - t0, time.process_time() - cpu0
+        _, voc_peak = tracemalloc.get_traced_memory()
+        held = tracemalloc.get_traced_memory()[0]         # what the images leave behind: RLE and IoU rows
+        tracemalloc.reset_peak()
         coco = coco_evaluate(tmp / "gt.json", results)
-        seconds = time.perf_counter() - t0
-        _, traced_peak = tracemalloc.get_traced_memory()
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        _, coco_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    return {"images": num_images, "seconds": round(seconds, 1), "seconds_voc_ap": round(t_voc, 1),
-            "traced_peak_mb": round(traced_peak / 2**20, 1),
+    mb = 2 ** 20
+    return {"images": num_images, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+            "seconds_voc_ap": round(t_voc, 1), "cpu_seconds_voc_ap": round(cpu_voc, 1),
+            "traced_peak_mb": round(max(voc_peak, coco_peak) / mb, 1), "voc_peak_mb": round(voc_peak / mb, 1),
+            "held_after_images_mb": round(held / mb, 1), "cocoeval_peak_mb": round(coco_peak / mb, 1),
             "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "rss_before_mb": round(rss_before, 1),
             "mAP50": round(mean_ap(aps[0.5]), 4), "coco_AP": round(coco["AP"], 4)}
@@ -116,14 +122,19 @@ def main() -> None:
         rows.append(json.loads(out.strip().splitlines()[-1]))
         r = rows[-1]
         dense_mb = 2 * n * INSTANCES * H * W / 2**20     # bool GT + prediction masks the dense evaluator held
-        print(f"{n:>6} images: {r['seconds']:7.1f} s ({r['seconds_voc_ap']:.1f} s VOC AP + GT file, rest COCOeval), "
-              f"peak traced {r['traced_peak_mb']:7.1f} MB, peak RSS {r['max_rss_mb']:7.1f} MB "
-              f"(process before scoring {r['rss_before_mb']:.1f} MB); mAP50 {r['mAP50']:.3f}, COCO AP {r['coco_AP']:.3f}; "
+        print(f"{n:>6} images: {r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s CPU "
+              f"(per image and VOC AP: {r['seconds_voc_ap']:.1f} s wall, {r['cpu_seconds_voc_ap']:.1f} s CPU; "
+              f"the rest is pycocotools COCOeval)\n"
+              f"        peak traced {r['traced_peak_mb']:.1f} MB (scoring the images {r['voc_peak_mb']:.1f} MB, "
+              f"of which {r['held_after_images_mb']:.1f} MB RLE + IoU rows held at the end; COCOeval "
+              f"{r['cocoeval_peak_mb']:.1f} MB), peak RSS {r['max_rss_mb']:.1f} MB (process before scoring "
+              f"{r['rss_before_mb']:.1f} MB)\n"
+              f"        mAP50 {r['mAP50']:.3f}, COCO AP {r['coco_AP']:.3f}; "
               f"the dense evaluator held {dense_mb:,.0f} MB of masks", flush=True)
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         print(f"{b['images'] / a['images']:.0f}x the images: peak traced x{b['traced_peak_mb'] / a['traced_peak_mb']:.2f}, "
-              f"peak RSS x{b['max_rss_mb'] / a['max_rss_mb']:.2f}, time x{b['seconds'] / a['seconds']:.2f}")
+              f"peak RSS x{b['max_rss_mb'] / a['max_rss_mb']:.2f}, CPU time x{b['cpu_seconds'] / a['cpu_seconds']:.2f}")
 
 
 if __name__ == "__main__":
