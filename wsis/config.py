@@ -18,7 +18,6 @@ from typing import Any
 from .errors import ConfigError
 
 
-
 def _config_dir() -> Path:
     """Where the presets are: the top-level ``configs/`` of a source checkout (run from the
     tree, or installed editable), else the copy a wheel ships as the package ``wsis.configs``."""
