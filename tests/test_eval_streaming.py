@@ -196,3 +196,34 @@ def test_score_instances_matches_the_dense_stage_code(tmp_path):
     assert new_results == old_results
     coco = coco_evaluate(tmp_path / "new_gt.json", new_results)
     assert coco == coco_evaluate(old_path, old_results) and 0 < coco["AP"] <= 1
+
+
+def all_categories_cocoeval(gt_path, results):
+    """pycocotools' usual single pass over every category."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_path))
+        ev = COCOeval(gt, gt.loadRes(results), iouType="segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AP75": float(ev.stats[2])}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_coco_ap_category_by_category_equals_one_pass(tmp_path, seed):
+    preds, gts = random_case(seed, num_images=10, num_classes=4)
+    images = [{"id": k + 1, "file_name": f"{k}.png", "height": g[0].shape[1], "width": g[0].shape[2]}
+              for k, g in enumerate(gts)]
+    anns = []
+    for k, (gm, gc) in enumerate(gts):
+        for m, c in zip(gm, gc):
+            anns.append(annotation(m, c, k + 1, len(anns) + 1))
+    write_instances(tmp_path / "gt.json", images, anns, ("a", "b", "c", "d"))
+    results = [annotation(m, c, k + 1, 0, s) for k, (pm, pc, ps) in enumerate(preds) for m, c, s in zip(pm, pc, ps)]
+    ours, reference = coco_evaluate(tmp_path / "gt.json", results), all_categories_cocoeval(tmp_path / "gt.json", results)
+    assert ours == reference and 0 < reference["AP"] < 1
