@@ -41,15 +41,39 @@ def test_requires_python_admits_no_version_without_tomllib():
     assert int(spec.split(".")[1]) >= 11       # tomllib (wsis.config) is in the stdlib from 3.11
 
 
-@pytest.mark.skipif(bool(can_build_offline()), reason=can_build_offline() or "buildable")
-def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
-    # build from a copy of what the wheel is made of, so build/ and *.egg-info stay out of the tree
+def source_copy(tmp_path) -> Path:
+    """What the wheel is made of, copied, so that build/ and *.egg-info stay out of the tree."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     for name in ("wsis", "pipelines", "configs"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return src
+
+
+def fresh_venv(venv: Path, env: dict) -> Path:
+    """A venv on this interpreter that sees this environment's packages (torch and the rest)
+    after its own: --system-site-packages reaches only the base interpreter's, so a .pth adds
+    ours. Returns its python."""
+    run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], cwd=venv.parent)
+    python = venv / "bin" / "python"
+    new_site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                        cwd=venv.parent, env=env).stdout.strip())
+    (new_site / "reuse_project_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return python
+
+
+def clean_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+needs_offline_build = pytest.mark.skipif(bool(can_build_offline()), reason=can_build_offline() or "buildable")
+
+
+@needs_offline_build
+def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
+    src = source_copy(tmp_path)
     dist = tmp_path / "dist"
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
          "-w", dist, src], cwd=tmp_path)
@@ -65,15 +89,9 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
     metadata = zipfile.ZipFile(wheel).read("wsis-0.1.0.dist-info/METADATA").decode()
     assert "Requires-Python: >=3.11" in metadata
 
-    # a fresh venv on this interpreter; --system-site-packages reaches only the base
-    # interpreter's packages, so a .pth adds this environment's (torch and the rest) after its own
+    env = clean_env()
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], cwd=tmp_path)
-    python = venv / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    new_site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                        cwd=tmp_path, env=env).stdout.strip())
-    (new_site / "reuse_project_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    python = fresh_venv(venv, env)
     run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", wheel],
         cwd=tmp_path, env=env)
 
@@ -93,3 +111,18 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
     bad = subprocess.run([str(wsis), "status", "--dataset", "coco"], cwd=cwd, env=env, capture_output=True, text=True)
     # the coco preset is found in the wheel: the error is about the missing images, not the config
     assert bad.returncode == 2 and "config file not found" not in bad.stderr, bad.stderr
+
+
+@needs_offline_build
+def test_an_editable_install_reads_the_checkouts_configs(tmp_path):
+    """What ``make`` does (pip install -e): the presets are read from the checkout's configs/."""
+    src = source_copy(tmp_path)
+    env = clean_env()
+    python = fresh_venv(tmp_path / "venv", env)
+    run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
+         "--no-build-isolation", "-e", src], cwd=tmp_path, env=env)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    where = run([python, "-c", "import wsis.config as c; print(c.__file__); print(c.CONFIG_DIR); "
+                 "print(c.load_config('coco')['data']['eval_split'])"], cwd=cwd, env=env).stdout.split()
+    assert where == [str(src / "wsis" / "config.py"), str(src / "configs"), "all"]
