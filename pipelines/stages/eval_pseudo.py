@@ -6,7 +6,7 @@ import numpy as np
 
 from wsis.coco import annotation, coco_evaluate, image_entries, write_instances
 from wsis.io import read_json, read_label_png, read_npz, write_json
-from wsis.metrics import confusion_matrix, instance_ap, iou_from_confusion, mean_ap, mean_iou
+from wsis.metrics import InstanceAP, confusion_matrix, iou_from_confusion, mean_ap, mean_iou
 
 from ..engine import METRICS, Job
 from .export import EXPORT_FILE
@@ -28,34 +28,40 @@ def run_semantic(job: Job) -> None:
     write_json(job.out_dir / METRICS, {split: result})
 
 
-def ground_truth_coco(ds, ids, path):
-    """Write the ground truth of ``ids`` as a COCO file; returns (path, image entries, the
-    ground truth of each image as (masks, classes)), so callers decode it only once."""
+def score_instances(ds, ids, predict, iou_thresholds, gt_path, progress) -> dict:
+    """Score the instance predictions of ``ids`` one image at a time, in memory that does not
+    grow with the images' pixels.
+
+    ``predict(entry, image_id)`` returns one image's (masks (N, H, W) bool, classes, scores);
+    ``entry`` is the image's COCO entry, for callers that RLE-encode the masks there. Each
+    image's ground truth is decoded once, its IoU rows go to ``InstanceAP`` and its masks are
+    kept only as RLE annotations; the ground truth of ``ids`` is written as a COCO file at
+    ``gt_path`` for pycocotools. Returns the VOC AP per threshold (``InstanceAP.result``)."""
     images = image_entries(ds, ids)
     anns: list[dict] = []
-    truths = []
+    ap = InstanceAP(ds.num_classes, iou_thresholds)
     for entry, image_id in zip(images, ids):
         gt = ds.instance_gt(image_id)
-        truths.append((gt.masks, gt.classes))
         for m, cls in zip(gt.masks, gt.classes):
             anns.append(annotation(m, cls, entry["id"], len(anns) + 1))
-    write_instances(path, images, anns, ds.class_names)
-    return path, images, truths
+        masks, classes, scores = predict(entry, image_id)
+        ap.add(masks, classes, scores, gt.masks, gt.classes)
+        progress.update(1)
+    write_instances(gt_path, images, anns, ds.class_names)
+    return ap.result()
 
 
 def run_instance(job: Job) -> None:
     ds = job.dataset
     thresholds = [float(t) for t in job.cfg["eval_ins_seg"]["iou_thresholds"]]
-    gt_path, _, truths = ground_truth_coco(ds, job.ids, job.out_dir / "ground_truth_coco.json")
-    predictions = []
-    progress = job.progress(len(job.ids))
-    for image_id in job.ids:
+    gt_path = job.out_dir / "ground_truth_coco.json"
+
+    def predict(entry, image_id):
         z = read_npz(job.inputs["ins_seg"] / f"{image_id}.npz")
         n = len(z["classes"])
-        masks = z["instances"][None] == np.arange(1, n + 1)[:, None, None]
-        predictions.append((masks, z["classes"], z["scores"]))
-        progress.update(1)
-    aps = instance_ap(predictions, truths, ds.num_classes, thresholds)
+        return z["instances"][None] == np.arange(1, n + 1)[:, None, None], z["classes"], z["scores"]
+
+    aps = score_instances(ds, job.ids, predict, thresholds, gt_path, job.progress(len(job.ids)))
     result: dict = {"images": len(job.ids)}
     for t in thresholds:
         result[f"mAP{round(100 * t)}"] = mean_ap(aps[t])
