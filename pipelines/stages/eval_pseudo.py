@@ -38,8 +38,8 @@ def ground_truth_coco(ds, ids, path):
         gt = ds.instance_gt(image_id)
         truths.append((gt.masks, gt.classes))
         for m, cls in zip(gt.masks, gt.classes):
-            anns.append(annotation(m, cls, entry["id"], len(anns) + 1))
-    write_instances(path, images, anns, ds.class_names)
+            anns.append(annotation(m, cls, entry["id"], len(anns) + 1, category_ids=ds.coco_category_ids()))
+    write_instances(path, images, anns, ds.class_names, ds.coco_categories())
     return path, images, truths
 
 

@@ -26,12 +26,12 @@ def run(job: Job) -> None:
     predictions, results = [], []
     progress = job.progress(len(job.ids))
     for entry, image_id in zip(images, job.ids):
-        pred = predict_image(model, ds.load_image(image_id), arch["input_size"], job.device,
+        pred = predict_image(model, ds.load_image(image_id, original=True), arch["input_size"], job.device,
                              job.cfg["seg"]["score_threshold"])
         labels = to_dataset[pred["labels"]]
         predictions.append((pred["masks"], labels, pred["scores"]))
         for m, c, sc in zip(pred["masks"], labels, pred["scores"]):
-            results.append(annotation(m, c, entry["id"], len(results) + 1, sc))
+            results.append(annotation(m, c, entry["id"], len(results) + 1, sc, ds.coco_category_ids()))
         progress.update(1)
     aps = instance_ap(predictions, truths, ds.num_classes, (0.5,))[0.5]
     result = {"images": len(job.ids), "model": arch["model"],
