@@ -56,7 +56,7 @@ def parse_labels_csv(path: Path) -> list[tuple[int, str, list[str]]]:
             if ";" in row[0]:   # a "file;class;class" row
                 first, _, rest = row[0].partition(";")
                 row = [first, rest] + row[1:]
-            fname = row[0].strip()
+            fname = row[0].strip().replace("\\", "/")     # Windows separators
             if not rows and fname.lower() in HEADER_WORDS:
                 continue
             names = [n.strip() for field in row[1:] for n in re.split(r"[,;]", field) if n.strip()]
