@@ -106,8 +106,8 @@ def test_large_rotated_and_16_bit_images_through_the_pipeline(tiny_data, tmp_pat
     assert "backbone.weights = none: training all of resnet18 from scratch" in proc.stderr
     assert "train_irn: backbone.weights = none, so IRNet uses the CAM net's trained backbone" in proc.stderr
 
-    size = {i: read_rgb(voc.image_path(i)).shape[:2] for i in ids}
-    displayed = size | {"rotated": size[ids[0]], "sub/big": (900, 1200), "deep": size[ids[2]]}
+    shape_of = {i: read_rgb(voc.image_path(i)).shape[:2] for i in ids}
+    displayed = shape_of | {"rotated": shape_of[ids[0]], "sub/big": (900, 1200), "deep": shape_of[ids[2]]}
     for image_id, size in displayed.items():
         assert read_label_png(work / "sem_seg" / f"{image_id}.png").shape == size
         assert read_npz(work / "ins_seg" / f"{image_id}.npz")["instances"].shape == size
@@ -116,7 +116,7 @@ def test_large_rotated_and_16_bit_images_through_the_pipeline(tiny_data, tmp_pat
     assert same.mean() > 0.95
     export = json.loads((work / "export" / "pseudo_labels.json").read_text())
     sizes = {im["file_name"]: (im["height"], im["width"]) for im in export["images"]}
-    assert sizes["sub/big.jpg"] == (900, 1200) and sizes["rotated.jpg"] == size[ids[0]]
+    assert sizes["sub/big.jpg"] == (900, 1200) and sizes["rotated.jpg"] == shape_of[ids[0]]
     by_id = {im["id"]: (im["height"], im["width"]) for im in export["images"]}
     for ann in export["annotations"]:
         assert mask_utils.decode(ann["segmentation"]).shape == by_id[ann["image_id"]]
