@@ -174,3 +174,106 @@ def test_label_png_round_trip(tmp_path):
     write_label_png(tmp_path / "l.png", lab)
     np.testing.assert_array_equal(read_label_png(tmp_path / "l.png"), lab)
     assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def write_images(root, names, size=(8, 8)):
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros(size + (3,), np.uint8)).save(root / name)
+
+
+def test_labels_csv_written_by_the_csv_module(tmp_path):
+    """Quoted fields (as csv.writer writes them), a byte-order mark and mixed separators."""
+    import csv as csv_module
+    import io as io_module
+    write_images(tmp_path, ["a.jpg", "b.jpg", "my, photo.jpg"])
+    buf = io_module.StringIO()
+    writer = csv_module.writer(buf)
+    writer.writerows([["file", "labels"], ["a.jpg", "bowl, broccoli, orange"], ["b.jpg", "dog"],
+                      ["my, photo.jpg", "bowl", "dog"]])
+    assert '"bowl, broccoli, orange"' in buf.getvalue()
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(b"\xef\xbb\xbf" + buf.getvalue().encode())   # with a UTF-8 BOM, as Excel saves
+    ds = open_folder(tmp_path, labels, [])
+    assert ds.class_names == ("bowl", "broccoli", "dog", "orange")
+    assert ds.labels == {"a": (0, 1, 3), "b": (2,), "my, photo": (0, 2)}
+    labels.write_text('\ufeffa.jpg,"bowl, broccoli"\n')    # no header: the BOM must not stick to 'a.jpg'
+    assert open_folder(tmp_path, labels, []).ids("all") == ("a",)
+
+
+def test_labels_csv_problems_are_one_line(tmp_path):
+    write_images(tmp_path, ["a.jpg", "b.jpg"])
+    labels = tmp_path / "labels.csv"
+    labels.write_text('a.jpg,"bowl, orange\nb.jpg,dog\n')       # unbalanced quote swallows the next row
+    with pytest.raises(DataError, match=r"labels.csv line \d: odd class name"):
+        open_folder(tmp_path, labels, [])
+    labels.write_text('a.jpg,bowl"\n')
+    with pytest.raises(DataError, match=r"labels.csv line 1: odd class name 'bowl\"'"):
+        open_folder(tmp_path, labels, [])
+    labels.write_bytes("a.jpg,cat\ncaf\u00e9.jpg,dog\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"labels.csv line 2: not UTF-8 text \(byte 0xe9\)"):
+        open_folder(tmp_path, labels, [])
+    labels.write_text("a.jpg,cat\nb.jpg,zebra\n")
+    with pytest.raises(DataError, match=r"labels.csv line 2: unknown class 'zebra'"):
+        open_folder(tmp_path, labels, ["cat", "dog"])
+    labels.write_text("../a.jpg,cat\n")
+    with pytest.raises(DataError, match=r"labels.csv line 1: file name '../a.jpg' must be a path inside"):
+        open_folder(tmp_path, labels, [])
+
+
+def test_folder_ids_are_relative_paths(tmp_path):
+    """Same stem in two sub-folders: two images, two ids, outputs in matching sub-folders."""
+    write_images(tmp_path, ["x/img.jpg", "y/img.jpg", "img.png"])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("x/img.jpg,cat\ny\\img.jpg,dog\nimg.png,cat\n")
+    ds = open_folder(tmp_path, labels, [])
+    assert ds.ids("all") == ("x/img", "y/img", "img")
+    assert ds.image_path("y/img") == tmp_path / "y" / "img.jpg"
+    labels.write_text("x/img.jpg,cat\nx/img.jpg,dog\n")
+    with pytest.raises(DataError, match=r"line 2: 'x/img.jpg' is listed twice"):
+        open_folder(tmp_path, labels, [])
+    write_images(tmp_path, ["x/img.png"])
+    labels.write_text("x/img.jpg,cat\nx/img.png,dog\n")
+    with pytest.raises(DataError, match=r"line 2: 'x/img.png' and 'x/img.jpg' would share the output name 'x/img'"):
+        open_folder(tmp_path, labels, [])
+
+
+def coco_file(tmp_path, images, categories, annotations=()):
+    path = tmp_path / "inst.json"
+    path.write_text(json.dumps({"images": images, "annotations": list(annotations), "categories": categories}))
+    return path
+
+
+def test_coco_json_problems_are_one_line(tmp_path):
+    write_images(tmp_path, ["a.jpg", "b.jpg"])
+    good_images = [{"id": 42, "file_name": "a.jpg", "height": 8, "width": 8},
+                   {"id": 1000, "file_name": "b.jpg", "height": 8, "width": 8}]
+    cats = [{"id": 7, "name": "cat"}, {"id": 90, "name": "dog"}]
+    cases = [
+        ([{"id": 42, "file_name": "a.jpg", "width": 8}], cats, r"inst.json: image #1 \(id 42\) has no 'height'"),
+        ([{"id": 42, "height": 8, "width": 8}], cats, r"inst.json: image #1 \(id 42\) has no 'file_name'"),
+        (good_images, [{"id": 7, "name": "cat"}, {"id": 90}], r"inst.json: category #2 \(id 90\) has no 'name'"),
+        (good_images, [{"id": 7, "name": "cat"}, {"id": 90, "name": "cat"}],
+         r"inst.json: categories 7 and 90 have the same name 'cat'"),
+        (good_images, [{"id": 7, "name": "cat"}, {"id": 7, "name": "dog"}], r"inst.json: category id 7 is listed twice"),
+        (good_images + [{"id": 42, "file_name": "b.jpg", "height": 8, "width": 8}], cats,
+         r"inst.json: image id 42 is listed twice"),
+    ]
+    for images, categories, message in cases:
+        with pytest.raises(DataError, match=message):
+            open_dataset("coco", load_config("coco"), tmp_path, coco_file(tmp_path, images, categories))
+
+
+def test_coco_reader_keeps_the_files_ids(tmp_path):
+    write_images(tmp_path, ["a.jpg", "sub/b.jpg"])
+    cats = [{"id": 90, "name": "toothbrush", "supercategory": "indoor"},
+            {"id": 1, "name": "person", "supercategory": "person"},
+            {"id": 7, "name": "train", "supercategory": "vehicle"}]
+    images = [{"id": 1000, "file_name": "sub/b.jpg", "height": 8, "width": 8},
+              {"id": 42, "file_name": "a.jpg", "height": 8, "width": 8}]
+    ds = open_dataset("coco", load_config("coco"), tmp_path, coco_file(tmp_path, images, cats))
+    assert ds.class_names == ("person", "train", "toothbrush")            # id order
+    assert ds.coco_categories() == sorted(cats, key=lambda c: c["id"])
+    assert ds.coco_category_ids() == [1, 7, 90]
+    assert ds.ids("all") == ("sub/b", "a")
+    assert [ds.coco_image_id(i, k) for k, i in enumerate(ds.ids("all"))] == [1000, 42]

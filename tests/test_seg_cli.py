@@ -35,6 +35,51 @@ def test_predict_bad_checkpoint(tmp_path, tiny_data):
     assert proc.returncode == 2 and "model.pt: not a wsis instance-segmentation checkpoint" in proc.stderr
 
 
+def one_line_error(proc) -> str:
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("wsis: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_predict_checks_its_inputs_before_the_model(tmp_path, tiny_data):
+    """The checkpoint here is not even readable: each message must be about the input."""
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"nonsense")
+    image = next((tiny_data / "JPEGImages").glob("*.jpg"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    cases = [((image, tmp_path / "gone.jpg"), "gone.jpg: no such image or directory"),
+             ((empty,), "empty: no images in this directory"),
+             ((broken,), "broken.jpg: not a readable image"),
+             (("--coco", tmp_path / "none.json", "--images", tiny_data), "none.json: annotations JSON not found"),
+             ((), "predict: pass IMAGES")]
+    for args, message in cases:
+        line = one_line_error(wsis("predict", "--checkpoint", bad, *args, "--out", tmp_path / "o", check=False))
+        assert message in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_predict_refuses_a_cam_checkpoint_and_reads_directories(tiny_data, tiny_run, tmp_path):
+    image = next((tiny_data / "JPEGImages").glob("*.jpg"))
+    for stage in ("train_cam", "train_irn"):
+        line = one_line_error(wsis("predict", "--checkpoint", tiny_run / stage / "model.pt", image,
+                                   "--out", tmp_path / "o", check=False))
+        assert "model.pt: a CAM or IRNet checkpoint (train_cam / train_irn), not an instance-segmentation model" in line
+    images = tmp_path / "photos"
+    images.mkdir()
+    for p in sorted((tiny_data / "JPEGImages").glob("val_*.jpg"))[:3]:
+        (images / p.name).write_bytes(p.read_bytes())
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "pred"
+    wsis("predict", "--checkpoint", tiny_run / "train_seg" / "model.pt", images, "--out", out, "--device", "cpu")
+    coco = COCO(str(out / "predictions.json"))
+    assert [i["file_name"] for i in coco.loadImgs(coco.getImgIds())] == [str(p) for p in sorted(images.glob("*.jpg"))]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["val_00000.png", "val_00001.png", "val_00002.png"]
+
+
 def test_train_seg_on_a_users_coco_file(tiny_data, tiny_run, tmp_path):
     gt = tiny_run / "eval_ins_seg" / "ground_truth_coco.json"   # ground truth of the train split
     work = tmp_path / "w"
@@ -43,6 +88,9 @@ def test_train_seg_on_a_users_coco_file(tiny_data, tiny_run, tmp_path):
             "--set", "seg.model=centermask", "--set", "centermask.shape_size=8", "--device", "cpu"]
     proc = wsis(*args)
     assert f"model: {work / 'train_seg' / 'model.pt'}" in proc.stdout
+    # the banner says what it trains on and from what; nothing about pseudo-labels
+    assert f"train_seg: train centermask on {gt} (backbone from random initialisation)" in proc.stderr
+    assert "pseudo-labels" not in proc.stderr
     model, arch, names = load_instance_model(work / "train_seg" / "model.pt")
     assert arch["model"] == "centermask" and names == ["disc", "square", "triangle", "star", "cross"]
     assert "train_seg: up to date" in wsis(*args).stderr

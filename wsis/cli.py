@@ -209,8 +209,13 @@ def train_seg(coco_json, images, force, work_dir, config_file, overrides, device
     session = Session(work_dir or Path("runs") / f"train-seg-{Path(coco_json).stem}", "coco", images, coco_json,
                       None, config_file, overrides, device, eval_annotations, eval_images)
     if session.cfg["seg"]["backbone_init"] == "cam":
-        raise ConfigError("train-seg: seg.backbone_init = 'cam' needs the CAM stage; use 'pretrained'")
-    stage = dataclasses.replace(STAGES["train_seg"], upstream=())
+        raise ConfigError("train-seg: seg.backbone_init = 'cam' needs the CAM stage, which train-seg does not run; "
+                          "use seg.backbone_init = 'pretrained' (it starts from backbone.weights: imagenet, "
+                          "a .pth file, or none for random initialisation)")
+    weights = session.cfg["backbone"]["weights"]
+    start = "random initialisation" if weights in ("", "none") else f"backbone.weights = {weights}"
+    stage = dataclasses.replace(STAGES["train_seg"], upstream=(),
+                                description=f"train {session.cfg['seg']['model']} on {coco_json} (backbone from {start})")
     stages = {"train_seg": stage}
     dataset = session.open_dataset()
     session.check_eval_set(dataset)
@@ -233,18 +238,35 @@ def json_string(value) -> str:
 @main.command()
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
               help="A model.pt written by train_seg / train-seg.")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--coco", "coco_json", type=click.Path(path_type=Path), default=None,
+              help="Predict the images of this COCO file, with its image and category ids (needs --images).")
+@click.option("--images", "image_dir", type=click.Path(path_type=Path), default=None,
+              help="With --coco: the directory its file names are relative to.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("predictions"), show_default=True,
-              help="Output directory: predictions.json and overlays/.")
+              help="Output directory: results.json, predictions.json and overlays/.")
 @click.option("--score-threshold", type=float, default=0.3, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @user_errors
-def predict(checkpoint, images, out, score_threshold, device):
-    """Segment IMAGES with a trained model: a COCO JSON of the detections and overlay PNGs."""
-    from .predict import predict_images
+def predict(checkpoint, images, coco_json, image_dir, out, score_threshold, device):
+    """Segment IMAGES (files or directories) with a trained model: a COCO results list, a full
+    COCO file of the detections, and overlay PNGs."""
+    from .predict import coco_file_images, gather_images, predict_images
     from .device import resolve_device
-    path = predict_images(checkpoint, list(images), out, score_threshold, resolve_device(device))
-    click.echo(f"predictions: {path}")
+    if coco_json is not None:
+        if images or image_dir is None:
+            raise ConfigError("predict: --coco FILE takes its images from the file; pass --images DIR, not IMAGES")
+        inputs, file_categories = coco_file_images(coco_json, image_dir)
+    else:
+        if not images:
+            raise ConfigError("predict: pass IMAGES (files or directories), or --coco FILE --images DIR")
+        inputs, file_categories = gather_images(list(images)), None
+    if not Path(checkpoint).is_file():
+        raise ConfigError(f"{checkpoint}: checkpoint not found")
+    results, predictions = predict_images(checkpoint, inputs, out, score_threshold, resolve_device(device),
+                                          file_categories, coco_json)
+    click.echo(f"results (COCO loadRes list): {results}")
+    click.echo(f"predictions: {predictions}")
     click.echo(f"overlays: {out / 'overlays'}")
 
 

@@ -1,7 +1,8 @@
 """COCO instances JSON: writing pseudo-labels, converting ground truth, evaluating with pycocotools.
 
-Category ids are 1..C in class order (0 is never a category: the reference code's export was
-off by one here); masks are RLE, never polygons.
+Ids are the dataset's (``Dataset.coco_categories`` / ``coco_image_id``): a COCO input keeps its
+own image and category ids; other datasets number categories 1..C in class order (0 is never a
+category: the reference code's export was off by one here) and images 1..N. Masks are RLE.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
-from .io import write_bytes
+from .io import read_image_size, write_bytes
 
 
 def rle_encode(mask: np.ndarray) -> dict:
@@ -34,22 +33,24 @@ def categories(class_names) -> list[dict]:
 
 
 def image_entries(dataset, ids) -> list[dict]:
-    """COCO images: id k + 1 for the k-th image of ``ids``; file names relative to
-    ``dataset.image_dir``; sizes from the file headers."""
+    """COCO images of ``ids``: the dataset's image ids; file names relative to
+    ``dataset.image_dir``; sizes as displayed (EXIF orientation applied), the size of the masks."""
     entries = []
     for k, image_id in enumerate(ids):
         path = dataset.image_path(image_id)
-        with Image.open(path) as im:
-            w, h = im.size
-        entries.append({"id": k + 1, "file_name": str(path.relative_to(dataset.image_dir)),
+        h, w = read_image_size(path)
+        entries.append({"id": dataset.coco_image_id(image_id, k), "file_name": path.relative_to(dataset.image_dir).as_posix(),
                         "height": h, "width": w, "wsis_id": image_id})
     return entries
 
 
-def annotation(mask: np.ndarray, class_index: int, image_id: int, ann_id: int, score: float | None = None) -> dict:
+def annotation(mask: np.ndarray, class_index: int, image_id: int, ann_id: int, score: float | None = None,
+               category_ids=None) -> dict:
+    """One COCO annotation; ``category_ids[class_index]`` is its category (default: index + 1)."""
     from pycocotools import mask as mask_utils
     rle = rle_encode(mask)
-    ann = {"id": ann_id, "image_id": image_id, "category_id": int(class_index) + 1,
+    category = int(category_ids[class_index]) if category_ids is not None else int(class_index) + 1
+    ann = {"id": ann_id, "image_id": image_id, "category_id": category,
            "segmentation": rle, "area": int(mask.sum()),
            "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0}
     if score is not None:
@@ -57,12 +58,14 @@ def annotation(mask: np.ndarray, class_index: int, image_id: int, ann_id: int, s
     return ann
 
 
-def write_instances(path: Path, images: list[dict], annotations: list[dict], class_names) -> None:
-    """A COCO instances file, compact as COCO's own: the indenting JSON encoder is pure Python
-    and holds every token of the file at once (55 MB at peak to write 20,000 annotations of
-    500x375 images, against 14 MB compact)."""
-    data = {"info": {"description": "wsis instance pseudo-labels"},
-            "images": images, "annotations": annotations, "categories": categories(class_names)}
+def write_instances(path: Path, images: list[dict], annotations: list[dict], class_names,
+                    category_list: list[dict] | None = None, description: str = "wsis instance pseudo-labels") -> None:
+    """A COCO instances file; ``category_list`` defaults to ``categories(class_names)``. Written
+    compact as COCO's own: the indenting JSON encoder is pure Python and holds every token of
+    the file at once (55 MB at peak to write 20,000 annotations of 500x375 images, against
+    14 MB compact)."""
+    data = {"info": {"description": description}, "images": images, "annotations": annotations,
+            "categories": category_list if category_list is not None else categories(class_names)}
     write_bytes(path, json.dumps(data, separators=(",", ":")).encode())
 
 

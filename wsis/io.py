@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
 
@@ -104,19 +104,71 @@ def read_label_png(path) -> np.ndarray:
         raise DataError(f"{path}: cannot read label image ({e})") from None
 
 
-def read_rgb(path) -> np.ndarray:
-    """Decode an image fully as HxWx3 uint8, with a one-line error naming the file."""
+EXIF_ORIENTATION = 0x0112
+SWAPS_AXES = {5, 6, 7, 8}     # EXIF orientations that rotate by 90 degrees
+
+
+def processing_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(h, w) with the long side at most ``max_side`` (0: unchanged), aspect ratio kept."""
+    if max_side <= 0 or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def read_image_size(path) -> tuple[int, int]:
+    """(height, width) as displayed, i.e. after the EXIF orientation, from the header only."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    except FileNotFoundError:
+        raise DataError(f"{path}: image is listed but missing") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable image (corrupt or unknown format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: corrupt image ({e})") from None
+    return (w, h) if orientation in SWAPS_AXES else (h, w)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, 8 bits per channel. 16-bit greyscale (PNG "I;16*", or "I") is scaled by 255/65535:
+    Pillow's own conversion clips it at 255, which turns most images all white."""
+    if img.mode.startswith("I"):
+        values = np.asarray(img).astype(np.float64)
+        grey = np.clip(np.round(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if img.mode == "F":     # floating point: assume 0..1
+        grey = np.clip(np.round(np.asarray(img) * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return img.convert("RGB")
+
+
+def read_rgb(path, max_side: int = 0) -> np.ndarray:
+    """Decode an image fully as HxWx3 uint8, with a one-line error naming the file.
+
+    The EXIF orientation is applied (as every viewer does), so masks line up with the image the
+    user sees. ``max_side`` > 0 downscales (antialiased) so the long side is at most that."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image is listed but missing")
     try:
         with Image.open(path) as img:
+            if max_side > 0 and img.format == "JPEG":
+                # decode at a reduced DCT scale, still at least the target size: much faster
+                h, w = processing_size(img.height, img.width, max_side)
+                img.draft("RGB", (w, h))
             img.load()  # force a full decode: truncated files fail here, not later
-            return np.array(img.convert("RGB"))
+            img = _to_rgb(ImageOps.exif_transpose(img))
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a readable image (corrupt or unknown format)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: corrupt image ({e})") from None
+    h, w = processing_size(img.height, img.width, max_side)
+    if (h, w) != (img.height, img.width):
+        img = img.resize((w, h), Image.BILINEAR)   # Pillow's downscale filter is antialiased
+    return np.array(img)
 
 
 def remove_stray_temps(directory: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from wsis.io import read_npz, write_json
-from wsis.algorithms.labels import scores_to_label
+from wsis.algorithms.labels import resize_scores, scores_to_label
 from wsis.metrics import confusion_matrix, iou_from_confusion, mean_iou
 
 from ..engine import METRICS, Job
@@ -27,7 +27,7 @@ def run(job: Job) -> None:
         for image_id in ids:
             gt = ds.semantic_gt(image_id)
             z = read_npz(job.inputs["make_cam"] / f"{image_id}.npz")
-            cams, classes = z["high_res"].astype(np.float32), z["classes"]
+            cams, classes = resize_scores(z["high_res"].astype(np.float32), gt.shape), z["classes"]
             conf += confusion_matrix(gt, scores_to_label(cams, classes, threshold), n)
             for t in SWEEP:
                 sweep[t] += confusion_matrix(gt, scores_to_label(cams, classes, t), n)

@@ -43,11 +43,11 @@ def score_instances(ds, ids, predict, iou_thresholds, gt_path, progress) -> dict
     for entry, image_id in zip(images, ids):
         gt = ds.instance_gt(image_id)
         for m, cls in zip(gt.masks, gt.classes):
-            anns.append(annotation(m, cls, entry["id"], len(anns) + 1))
+            anns.append(annotation(m, cls, entry["id"], len(anns) + 1, category_ids=ds.coco_category_ids()))
         masks, classes, scores = predict(entry, image_id)
         ap.add(masks, classes, scores, gt.masks, gt.classes)
         progress.update(1)
-    write_instances(gt_path, images, anns, ds.class_names)
+    write_instances(gt_path, images, anns, ds.class_names, ds.coco_categories())
     return ap.result()
 
 

@@ -64,11 +64,11 @@ def run(job: Job) -> None:
     results = []     # detections as RLE annotations, encoded as soon as they are made
 
     def predict(entry, image_id):
-        pred = predict_image(model, ds.load_image(image_id), arch["input_size"], job.device,
+        pred = predict_image(model, ds.load_image(image_id, original=True), arch["input_size"], job.device,
                              job.cfg["seg"]["score_threshold"])
         labels = to_dataset[pred["labels"]]
         for m, c, sc in zip(pred["masks"], labels, pred["scores"]):
-            results.append(annotation(m, c, entry["id"], len(results) + 1, sc))
+            results.append(annotation(m, c, entry["id"], len(results) + 1, sc, ds.coco_category_ids()))
         return pred["masks"], labels, pred["scores"]
 
     aps = score_instances(ds, ids, predict, (0.5,), gt_path, job.progress(len(ids)))[0.5]

@@ -1,4 +1,5 @@
-"""Stage 7: export the instance pseudo-labels as a COCO instances JSON (RLE masks)."""
+"""Stage 7: export the instance pseudo-labels as a COCO instances JSON (RLE masks), in the
+dataset's numbering: a COCO input keeps its image ids, category ids, names and supercategories."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from ..engine import Job
 EXPORT_FILE = "pseudo_labels.json"
 
 
-def pseudo_label_annotations(ins_dir, ids, images, score_threshold: float = 0.0, min_area: int = 0) -> list[dict]:
+def pseudo_label_annotations(ins_dir, ids, images, score_threshold: float = 0.0, min_area: int = 0,
+                             category_ids=None) -> list[dict]:
     anns: list[dict] = []
     for entry, image_id in zip(images, ids):
         z = read_npz(ins_dir / f"{image_id}.npz")
@@ -18,16 +20,17 @@ def pseudo_label_annotations(ins_dir, ids, images, score_threshold: float = 0.0,
             mask = z["instances"] == n
             if score < score_threshold or mask.sum() < max(min_area, 1):
                 continue
-            anns.append(annotation(mask, cls, entry["id"], len(anns) + 1, score))
+            anns.append(annotation(mask, cls, entry["id"], len(anns) + 1, score, category_ids))
     return anns
 
 
 def run(job: Job) -> None:
     c = job.cfg["export"]
     images = image_entries(job.dataset, job.ids)
-    anns = pseudo_label_annotations(job.inputs["ins_seg"], job.ids, images, c["score_threshold"], c["min_area"])
+    anns = pseudo_label_annotations(job.inputs["ins_seg"], job.ids, images, c["score_threshold"], c["min_area"],
+                                    job.dataset.coco_category_ids())
     path = job.out_dir / EXPORT_FILE
-    write_instances(path, images, anns, job.dataset.class_names)
+    write_instances(path, images, anns, job.dataset.class_names, job.dataset.coco_categories())
     write_json(job.out_dir / "summary.json", {"path": str(path.resolve()), "images": len(images),
                                               "annotations": len(anns)})
     print(f"export: {len(anns)} instances on {len(images)} images -> {path}", flush=True)

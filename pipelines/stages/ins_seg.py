@@ -24,7 +24,7 @@ def process(job: Job, ids: list[str]) -> None:
         n_instances = int(instance_map.max())
         seeds = instance_seeds(cams, instance_map)
         walked = random_walk(seeds, boundary, rw["radius"], rw["beta"], rw["exp_times"], rw["tolerance"], job.device)
-        scores = upsample_normalised(walked, image.shape[:2])
+        scores = upsample_normalised(walked, image.shape[:2], job.dataset.original_size(image_id))
         inst, det_classes, det_scores = detections(scores, classes, n_instances, c["bg_threshold"],
                                                    c["min_area_fraction"])
         write_npz(job.out_dir / f"{image_id}.npz", instances=inst, classes=det_classes,

@@ -13,7 +13,8 @@ from . import load_cached, train_cam
 
 def process(job: Job, ids: list[str]) -> None:
     """Writes ``<id>.npz``: ``classes`` (K,), ``cam`` (K, ceil(H/4), ceil(W/4)) and
-    ``high_res`` (K, H, W), float16, each channel max-normalised."""
+    ``high_res`` (K, H, W), float16, each channel max-normalised. H, W is the processing size
+    (``data.max_side``): ir_label pairs it with the processing-size image; eval_cam resizes it."""
     model = load_cached(job.inputs["train_cam"] / train_cam.MODEL_FILE, job.device, train_cam.load_trained)
     c = job.cfg["make_cam"]
     for image_id in ids:

@@ -26,6 +26,6 @@ def process(job: Job, ids: list[str]) -> None:
     for image_id in ids:
         image, cams, classes, boundary, _ = irn_outputs(job, image_id)
         walked = random_walk(cams, boundary, rw["radius"], rw["beta"], rw["exp_times"], rw["tolerance"], job.device)
-        scores = upsample_normalised(walked, image.shape[:2])
+        scores = upsample_normalised(walked, image.shape[:2], job.dataset.original_size(image_id))
         write_label_png(job.out_dir / f"{image_id}.png",
                         scores_to_label(scores, classes, job.cfg["sem_seg"]["bg_threshold"]))

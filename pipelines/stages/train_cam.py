@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsis.models.backbone import LOAD_LATER
 from wsis.models.cam import CAMNet
 from wsis.training import load_checkpoint
 from wsis.transforms import cam_train_augment
@@ -24,7 +25,7 @@ def build_model(num_classes: int, backbone: dict) -> CAMNet:
 def load_trained(model_dir, device: str) -> CAMNet:
     ckpt = load_checkpoint(model_dir / MODEL_FILE, device)
     arch = ckpt["arch"]
-    model = CAMNet(arch["num_classes"], arch["depth"], "none", freeze_bn=True, frozen_stages=0)
+    model = CAMNet(arch["num_classes"], arch["depth"], LOAD_LATER, freeze_bn=True, frozen_stages=0)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
 from wsis.errors import ConfigError
 from wsis.io import read_label_png
-from wsis.models.backbone import ResNetStages
+from wsis.models.backbone import LOAD_LATER, ResNetStages
 from wsis.models.irn import IRNet, irn_losses
 from wsis.training import load_checkpoint
 from wsis.transforms import irn_train_augment
@@ -23,6 +25,11 @@ MODEL_FILE = "model.pt"
 def make_backbone(init: str, backbone_cfg: dict, cam_dir) -> ResNetStages:
     """"pretrained": a fresh backbone with ``backbone.weights`` (ImageNet in the paper);
     "cam": the CAM classifier's trained backbone (for data with no pretrained weights)."""
+    if init == "pretrained" and backbone_cfg["weights"] in ("", "none"):
+        # IRNet never trains its backbone: a random one would teach it nothing
+        print("train_irn: backbone.weights = none, so IRNet uses the CAM net's trained backbone "
+              "(as train_irn.backbone_init = 'cam')", file=sys.stderr, flush=True)
+        init = "cam"
     if init == "pretrained":
         return ResNetStages(backbone_cfg["depth"], backbone_cfg["weights"], freeze_bn=True)
     if init == "cam":
@@ -32,7 +39,7 @@ def make_backbone(init: str, backbone_cfg: dict, cam_dir) -> ResNetStages:
 
 def load_trained(model_dir, device: str) -> IRNet:
     ckpt = load_checkpoint(model_dir / MODEL_FILE, device)
-    model = IRNet(ResNetStages(ckpt["arch"]["depth"], "none", freeze_bn=True), ckpt["arch"].get("crop_size", 0))
+    model = IRNet(ResNetStages(ckpt["arch"]["depth"], LOAD_LATER, freeze_bn=True), ckpt["arch"].get("crop_size", 0))
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()
 

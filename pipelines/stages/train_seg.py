@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from wsis.errors import ConfigError
+from wsis.models.backbone import LOAD_LATER
 from wsis.models.registry import build_instance_model, load_instance_model
 from wsis.seg_data import CocoInstances
 
@@ -39,7 +40,7 @@ def run(job: Job) -> None:
     if init not in ("pretrained", "cam"):
         raise ConfigError(f"seg.backbone_init: '{init}' is not 'pretrained' or 'cam'")
     model = build_instance_model(s["model"], len(data.class_names), job.cfg["backbone"], heads,
-                                 None if init == "pretrained" else "none", s["fpn_channels"])
+                                 None if init == "pretrained" else LOAD_LATER, s["fpn_channels"])
     if init == "cam":
         if "train_cam" not in job.inputs:
             raise ConfigError("seg.backbone_init = 'cam' needs the CAM stage; use 'pretrained' with train-seg")
@@ -68,7 +69,7 @@ def run(job: Job) -> None:
                  collate=collate, forward=lambda net, batch: net(batch[0].float()), compute_loss=compute_loss,
                  warmup_iters=s["warmup_iters"], grad_clip=s["grad_clip"], find_unused_parameters=True)
     arch = {"model": s["model"], "backbone": dict(job.cfg["backbone"]), "heads": heads, "input_size": size,
-            "fpn_channels": s["fpn_channels"]}
+            "fpn_channels": s["fpn_channels"], "categories": data.dataset.coco_categories()}  # predict's ids
     # the layout load_instance_model reads
     finish_training(job, MODEL_FILE, arch=arch, class_names=list(data.class_names), state_dict=model.state_dict())
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from ..errors import DataError
-from ..io import read_rgb
+from ..io import read_image_size, read_rgb
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Dataset:
     labels: dict[str, tuple[int, ...]]          # image id -> foreground class indices
     has_masks: bool = False
     notes: list[str] = field(default_factory=list)  # warnings to show the user
+    max_side: int = 0      # data.max_side: images are processed with at most this long side (0: as they are)
 
     @property
     def num_classes(self) -> int:
@@ -53,8 +54,27 @@ class Dataset:
         """The directory that image file names (as in COCO exports) are relative to."""
         return self.root
 
-    def load_image(self, image_id: str) -> np.ndarray:
-        return read_rgb(self.image_path(image_id))
+    def load_image(self, image_id: str, original: bool = False) -> np.ndarray:
+        """The image at its processing size (``data.max_side``), or at its own size."""
+        return read_rgb(self.image_path(image_id), 0 if original else self.max_side)
+
+    def original_size(self, image_id: str) -> tuple[int, int]:
+        """(H, W) of the image as displayed: the size of every per-pixel output."""
+        return read_image_size(self.image_path(image_id))
+
+    # COCO numbering of exported files. A COCO dataset keeps its own ids; the others number
+    # images 1..N in list order and categories 1..C in class order.
+    def coco_categories(self) -> list[dict]:
+        """COCO categories in class order."""
+        return [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(self.class_names)]
+
+    def coco_category_ids(self) -> list[int]:
+        """The COCO category id of each class index."""
+        return [c["id"] for c in self.coco_categories()]
+
+    def coco_image_id(self, image_id: str, position: int) -> int:
+        """The COCO id of ``image_id``, the ``position``-th (0-based) image of an exported list."""
+        return position + 1
 
     def label_vector(self, image_id: str) -> np.ndarray:
         v = np.zeros(self.num_classes, np.float32)
@@ -71,7 +91,8 @@ class Dataset:
     def list_hash(self, ids) -> str:
         """Identity of a list of images for stage fingerprints: ids, labels and class names."""
         blob = json.dumps({"classes": list(self.class_names),
-                           "images": [[i, list(self.labels[i])] for i in ids]},
+                           "images": [[i, list(self.labels[i])] for i in ids],
+                           **({"max_side": self.max_side} if self.max_side else {})},
                           separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -82,6 +103,12 @@ class Dataset:
                 raise DataError(f"{p}: image is listed but missing")
 
 
-def safe_id(name: str) -> str:
-    """An image id usable as a file name: its stem, with path separators replaced."""
-    return Path(name).stem.replace("/", "_").replace("\\", "_")
+def image_id_of(name: str, source) -> str:
+    """The image id of a file name relative to the image directory: the relative path without
+    its extension, '/'-separated ("a.jpg" -> "a", "x/a.jpg" -> "x/a"). Ids name the per-image
+    outputs (``<id>.npz``, ``<id>.png``), which therefore sit in the same sub-directories, so a
+    name that leaves the image directory is refused (``source`` names where it came from)."""
+    path = PurePosixPath(str(name).replace("\\", "/"))
+    if not str(name).strip() or path.is_absolute() or ".." in path.parts or path.name in ("", "."):
+        raise DataError(f"{source}: file name '{name}' must be a path inside the image directory")
+    return str(path.with_suffix("")) if path.suffix else str(path)

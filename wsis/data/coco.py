@@ -1,7 +1,8 @@
 """COCO instances-JSON reader: image-level labels from each image's non-crowd annotations.
 
 Masks are decoded (with pycocotools) only for evaluation. Category ids may be any integers;
-classes are indexed 0..C-1 in ascending category-id order.
+classes are indexed 0..C-1 in ascending category-id order. The file's image ids, category ids,
+names and supercategories are kept, so exported files use the user's numbering.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import Dataset, InstanceGT, safe_id
+from .base import Dataset, InstanceGT, image_id_of
 
 
 class COCODataset(Dataset):
@@ -20,9 +21,17 @@ class COCODataset(Dataset):
     anns: dict[str, list[dict]]
     sizes: dict[str, tuple[int, int]]
     cat_index: dict[int, int]
+    image_ids: dict[str, int]        # wsis id -> the file's image id
+    categories: list[dict]           # the file's categories (id, name, supercategory), class order
 
     def image_path(self, image_id: str) -> Path:
         return self.root / self.files[image_id]
+
+    def coco_categories(self) -> list[dict]:
+        return [dict(c) for c in self.categories]
+
+    def coco_image_id(self, image_id: str, position: int) -> int:
+        return self.image_ids[image_id]
 
     def instance_gt(self, image_id: str) -> InstanceGT:
         from pycocotools import mask as mask_utils
@@ -56,6 +65,35 @@ def _ann_to_mask(ann: dict, h: int, w: int, mask_utils) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
+def _entry_fields(path: Path, kind: str, number: int, entry, fields: tuple[str, ...]) -> None:
+    """One line naming the entry when a required field is missing."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: {kind} #{number} is not an object")
+    label = f"{kind} #{number}" + (f" (id {entry['id']})" if "id" in entry else "")
+    for f in fields:
+        if f not in entry:
+            raise DataError(f"{path}: {label} has no '{f}'")
+        if f in ("id", "height", "width") and not (isinstance(entry[f], int) and not isinstance(entry[f], bool)):
+            raise DataError(f"{path}: {label} has a non-integer '{f}' ({entry[f]!r})")
+
+
+def read_categories(path: Path, cats: list) -> list[dict]:
+    """The file's categories in id order, checked: integer ids and names, both unique."""
+    if not isinstance(cats, list):
+        raise DataError(f"{path}: 'categories' is not a list")
+    seen_ids, seen_names = {}, {}
+    for k, c in enumerate(cats, start=1):
+        _entry_fields(path, "category", k, c, ("id", "name"))
+        if c["id"] in seen_ids:
+            raise DataError(f"{path}: category id {c['id']} is listed twice")
+        if c["name"] in seen_names:
+            raise DataError(f"{path}: categories {seen_names[c['name']]} and {c['id']} have the same name "
+                            f"'{c['name']}'")
+        seen_ids[c["id"]], seen_names[c["name"]] = k, c["id"]
+    return sorted(({"id": c["id"], "name": c["name"], "supercategory": c.get("supercategory", "")}
+                   for c in cats), key=lambda c: c["id"])
+
+
 def open_coco(root: Path, annotations: Path, class_names: list[str]) -> COCODataset:
     root, annotations = Path(root), Path(annotations)
     if not root.is_dir():
@@ -63,11 +101,11 @@ def open_coco(root: Path, annotations: Path, class_names: list[str]) -> COCOData
     if not annotations.is_file():
         raise DataError(f"{annotations}: annotations JSON not found; pass --annotations FILE.json")
     try:
-        data = json.loads(annotations.read_text())
+        data = json.loads(annotations.read_bytes())
         images, anns, cats = data["images"], data.get("annotations", []), data["categories"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise DataError(f"{annotations}: not a COCO instances file ({type(e).__name__}: {e})") from None
-    cats = sorted(cats, key=lambda c: c["id"])
+    cats = read_categories(annotations, cats)
     names = [c["name"] for c in cats]
     if class_names and list(class_names) != names:
         unknown = sorted(set(names) - set(class_names))
@@ -76,22 +114,39 @@ def open_coco(root: Path, annotations: Path, class_names: list[str]) -> COCOData
         names = list(class_names)
     by_name = {n: i for i, n in enumerate(names)}
     cat_index = {c["id"]: by_name[c["name"]] for c in cats}
-    by_image: dict[int, list[dict]] = {im["id"]: [] for im in images}
-    for a in anns:
+    if not isinstance(images, list) or not isinstance(anns, list):
+        raise DataError(f"{annotations}: 'images' and 'annotations' must be lists")
+    by_image: dict[int, list[dict]] = {}
+    for k, im in enumerate(images, start=1):
+        _entry_fields(annotations, "image", k, im, ("id", "file_name", "height", "width"))
+        if im["id"] in by_image:
+            raise DataError(f"{annotations}: image id {im['id']} is listed twice")
+        by_image[im["id"]] = []
+    for k, a in enumerate(anns, start=1):
+        if not isinstance(a, dict):
+            raise DataError(f"{annotations}: annotation #{k} is not an object")
         if a.get("image_id") not in by_image:
             raise DataError(f"{annotations}: annotation {a.get('id')} refers to unknown image {a.get('image_id')}")
         if a.get("category_id") not in cat_index:
             raise DataError(f"{annotations}: annotation {a.get('id')} has unknown category id {a.get('category_id')}")
+        if "segmentation" not in a:
+            raise DataError(f"{annotations}: annotation {a.get('id')} has no 'segmentation'")
         by_image[a["image_id"]].append(a)
     ds = COCODataset("coco", root, tuple(names), {}, {}, has_masks=True)
-    ds.files, ds.anns, ds.sizes, ds.cat_index = {}, {}, {}, cat_index
+    ds.files, ds.anns, ds.sizes, ds.cat_index, ds.image_ids = {}, {}, {}, cat_index, {}
+    # the file's categories in class order; classes that data.classes adds get ids after the file's
+    file_cats = {c["name"]: c for c in cats}
+    extra = iter(range(max([c["id"] for c in cats], default=0) + 1, 1 << 31))
+    ds.categories = [file_cats.get(n) or {"id": next(extra), "name": n, "supercategory": ""} for n in names]
     for im in images:
-        key = safe_id(im["file_name"])
+        key = image_id_of(im["file_name"], f"{annotations}: image {im['id']}")
         if key in ds.files:
-            raise DataError(f"{annotations}: two images share the file stem '{key}'")
+            raise DataError(f"{annotations}: images '{ds.files[key]}' and '{im['file_name']}' would share the "
+                            f"output name '{key}' (outputs are named by path without extension)")
         ds.files[key] = im["file_name"]
+        ds.image_ids[key] = im["id"]
         ds.anns[key] = by_image[im["id"]]
-        ds.sizes[key] = (int(im["height"]), int(im["width"]))
+        ds.sizes[key] = (im["height"], im["width"])
         ds.labels[key] = tuple(sorted({cat_index[a["category_id"]] for a in by_image[im["id"]]
                                       if not a.get("iscrowd", 0)}))
     if not ds.files:

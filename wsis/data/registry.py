@@ -17,6 +17,12 @@ def used_splits(cfg: dict) -> list[str]:
 
 def open_dataset(kind: str, cfg: dict, root: str | Path | None = None,
                  annotations: str | Path | None = None, progress=None) -> Dataset:
+    dataset = _open(kind, cfg, root, annotations, progress)
+    dataset.max_side = int(cfg["data"].get("max_side", 0))
+    return dataset
+
+
+def _open(kind: str, cfg: dict, root, annotations, progress) -> Dataset:
     root = Path(root or cfg["data"]["root"])
     annotations = annotations or cfg["data"]["annotations"]
     classes = list(cfg["data"]["classes"])

@@ -6,6 +6,7 @@ the last stage has output stride 16, and keep BatchNorm frozen (eval mode, no gr
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +18,9 @@ from ..errors import ConfigError, WsisError
 DEPTHS = (18, 34, 50, 101, 152)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# ``weights`` for a backbone whose trained state the caller loads right after construction
+# (a saved model): no initial weights, freezing exactly as asked, nothing to say.
+LOAD_LATER = "<loaded from a checkpoint>"
 
 
 def _weights_enum(depth: int):
@@ -25,7 +29,7 @@ def _weights_enum(depth: int):
 
 def load_imagenet_state(depth: int, weights: str) -> dict | None:
     """State dict for ``backbone.weights``: "none", "imagenet" or a local .pth path."""
-    if weights in ("", "none"):
+    if weights in ("", "none", LOAD_LATER):
         return None
     if weights == "imagenet":
         enum = _weights_enum(depth)
@@ -34,7 +38,8 @@ def load_imagenet_state(depth: int, weights: str) -> dict | None:
         except Exception as e:  # urllib/socket/SSL errors all mean: could not download
             raise WsisError(
                 f"could not download ImageNet weights for resnet{depth} from {enum.url} ({type(e).__name__}: {e}); "
-                f"download that file elsewhere and pass --set backbone.weights=/path/to/file.pth") from None
+                f"download that file elsewhere and pass --set backbone.weights=/path/to/file.pth, "
+                f"or train from scratch with --set backbone.weights=none") from None
     path = Path(weights)
     if not path.is_file():
         raise ConfigError(f"backbone.weights: {path}: file not found (use 'none', 'imagenet' or a .pth path)")
@@ -48,7 +53,12 @@ def load_imagenet_state(depth: int, weights: str) -> dict | None:
 
 
 class ResNetStages(nn.Module):
-    """ResNet as five stages: stem (stride 4), layer1 (4), layer2 (8), layer3 (16), layer4 (16)."""
+    """ResNet as five stages: stem (stride 4), layer1 (4), layer2 (8), layer3 (16), layer4 (16).
+
+    With ``weights`` "none" (random initialisation) nothing is frozen, whatever ``freeze_bn``
+    and ``frozen_stages`` say: frozen random filters and BatchNorm statistics never learn, so
+    the freezing that suits ImageNet weights would silently cripple the model. One line says so.
+    """
 
     def __init__(self, depth: int = 50, weights: str = "none", freeze_bn: bool = True,
                  frozen_stages: int = 0, last_stride: int = 1):
@@ -56,6 +66,10 @@ class ResNetStages(nn.Module):
         if depth not in DEPTHS:
             raise ConfigError(f"backbone.depth: {depth} is not a ResNet depth ({', '.join(map(str, DEPTHS))})")
         net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+        if weights in ("", "none") and (freeze_bn or frozen_stages > 0):
+            print(f"backbone.weights = none: training all of resnet{depth} from scratch (freeze_bn = {freeze_bn} "
+                  f"and frozen_stages = {frozen_stages} apply to pretrained weights only)", file=sys.stderr, flush=True)
+            freeze_bn, frozen_stages = False, 0
         state = load_imagenet_state(depth, weights)
         if state is not None:
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}

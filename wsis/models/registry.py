@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..training import load_checkpoint
+from .backbone import LOAD_LATER
 from .fpn import ResNetFPN
 
 MODELS = ("solov2", "solo", "yolact", "centermask")
@@ -48,7 +49,10 @@ def load_instance_model(path: Path, device: str = "cpu"):
         arch = ckpt["arch"]
     except Exception as e:
         raise ConfigError(f"{path}: not a wsis instance-segmentation checkpoint ({type(e).__name__}: {e})") from None
-    model = build_instance_model(arch["model"], len(ckpt["class_names"]), arch["backbone"], arch["heads"], "none",
+    if not isinstance(arch, dict) or "model" not in arch:
+        raise ConfigError(f"{path}: a CAM or IRNet checkpoint (train_cam / train_irn), not an instance-segmentation "
+                          f"model; pass the model.pt of train_seg or wsis train-seg")
+    model = build_instance_model(arch["model"], len(ckpt["class_names"]), arch["backbone"], arch["heads"], LOAD_LATER,
                                  arch["fpn_channels"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), arch, ckpt["class_names"]
