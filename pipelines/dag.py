@@ -24,10 +24,16 @@ def infer_and_eval_splits(cfg: dict) -> list[str]:
     return [cfg["data"]["infer_split"], cfg["data"]["eval_split"]]
 
 
+def seg_head_section(cfg: dict) -> str:
+    """The config section of the chosen instance-segmentation model (solo serves solov2 too)."""
+    model = cfg["seg"]["model"]
+    return "solo" if model in ("solo", "solov2") else model
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train_cam", "train the CAM classifier", upstream=(),
           sections=("backbone", "train_cam"), version=2, image_splits=train_split,
-          run="train_cam:run"),
+          run="train_cam:run", files=("backbone.weights",)),
     Stage("make_cam", "multi-scale CAMs per image", upstream=("train_cam",),
           sections=("make_cam",), version=1, image_splits=infer_and_eval_splits,
           per_image="make_cam:process"),
@@ -39,7 +45,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           per_image="ir_label:process", output_name="{id}.png"),
     Stage("train_irn", "train IRNet (boundary and displacement)", upstream=("ir_label", "train_cam"),
           sections=("backbone", "train_irn"), version=1, image_splits=infer_split,
-          run="train_irn:run"),
+          run="train_irn:run", files=("backbone.weights",)),
     Stage("sem_seg", "semantic pseudo-labels by random walk", upstream=("make_cam", "train_irn"),
           sections=("random_walk", "sem_seg"), version=1, image_splits=infer_split,
           per_image="sem_seg:process", output_name="{id}.png"),
@@ -55,7 +61,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           sections=("eval_ins_seg",), version=1, image_splits=infer_split,
           run="eval_pseudo:run_instance", needs_masks=True, reads_images=False),
     Stage("train_seg", "train the instance-segmentation model on the pseudo-labels",
-          upstream=("export", "train_cam"), sections=("backbone", "seg", "solo", "yolact", "centermask"),
+          upstream=("export", "train_cam"), sections=("backbone", "seg", seg_head_section),
+          ignores=("seg.score_threshold",), files=("backbone.weights", "seg.train_json"),
           version=1, image_splits=infer_split, run="train_seg:run"),
     Stage("eval_seg", "instance-segmentation model: COCO AP and VOC mAP50", upstream=("train_seg",),
           sections=("seg",), version=1, image_splits=eval_split, run="eval_seg:run", needs_masks=True),
