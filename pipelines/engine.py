@@ -284,6 +284,11 @@ class Pipeline:
                         self._execute(stage, runner)
                 except DiskFullError as e:
                     raise WsisError(self._disk_full_message(self._running, e)) from None
+                finally:
+                    # workers stopped mid-write (interrupt, error) leave temporary files
+                    runner.close()
+                    if self._running is not None:
+                        remove_stray_temps(self.out_dir(self._running))
         finally:
             runner.close()
         return [s.name for s in todo]
@@ -686,6 +691,7 @@ class DaskRunner:
             if self.cluster is not None:
                 self.cluster.close()
         finally:
+            self.client = self.cluster = None
             _WorkerDeathFilter.closing = False
 
 
