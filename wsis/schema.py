@@ -131,6 +131,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "eval_ins_seg.iou_thresholds": (non_empty, each(between(0.0, 1.0)), each(above(0))),
     "run.chunk_size": (at_least(1),),
     "run.workers": (at_least(0),),
+    "run.image_hash": (one_of("content", "stat", "off"),),
     "seg.model": (one_of("solov2", "solo", "yolact", "centermask"),),
     "seg.backbone_init": (BACKBONE_INIT,),
     "seg.input_size": (at_least(32),),
