@@ -265,6 +265,7 @@ class Pipeline:
         if not todo:
             self._tidy_root()
             return []
+        self._running = None
         runner = DaskRunner(self.scheduler, self.workers, self.device)
         if any(s.per_image is not None for s in todo):
             runner.connect_scheduler()   # a bad --scheduler fails here, before any output is touched
@@ -298,13 +299,17 @@ class Pipeline:
         return WorkDirLock(self.work_dir / ".lock")
 
     def _tidy_root(self) -> None:
-        """Remove temporary files that a killed writer left in the work dir's root, when no
-        other run holds the work dir (its temporary files would be live)."""
-        if not self.work_dir.is_dir() or not any(TMP_MARK in p.name for p in self.work_dir.iterdir()):
+        """After an up-to-date check: save new content hashes, and remove temporary files that
+        a killed writer left in the work dir's root, when no other run holds the work dir (its
+        temporary files would be live)."""
+        if not self.work_dir.is_dir():
+            return
+        if not self.hashes.dirty and not any(TMP_MARK in p.name for p in self.work_dir.iterdir()):
             return
         try:
             with self._lock():
                 remove_stray_temps(self.work_dir)
+                self.hashes.save()
         except WsisError:
             pass
 
@@ -663,9 +668,8 @@ class DaskRunner:
         chunk = max(1, int(job.cfg["run"]["chunk_size"]))
         chunks = [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
         fn = stage.function("per_image")
-        futures = [client.submit(_run_chunk, fn, task_job(job, c), c, pure=False,
-                                 retries=self.TASK_RETRIES, key=f"run_chunk-{stage.name}-{n}-{os.getpid()}-{id(self)}")
-                   for n, c in enumerate(chunks)]
+        futures = [client.submit(_run_chunk, fn, task_job(job, c), c, pure=False, retries=self.TASK_RETRIES)
+                   for c in chunks]
         progress = Progress(stage.name, len(ids))
         try:
             for fut in as_completed(futures):

@@ -24,7 +24,7 @@ BAD_VALUES = [
     ("run.chunk_size=0", "run.chunk_size = 0: must be >= 1"),
     ("backbone.depth=19", "backbone.depth = 19: must be one of 18, 34, 50, 101, 152"),
     ("backbone.weights=/no/such/file.pth", "backbone.weights = '/no/such/file.pth': must be 'none', 'imagenet'"),
-    ('seg.train_json="/no/such.json"', "seg.train_json = '/no/such.json': file not found"),
+    ('seg.train_json="/no/such.json"', "/no/such.json: annotations JSON not found (seg.train_json)"),
 ]
 
 

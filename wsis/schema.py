@@ -171,11 +171,11 @@ def _seg_training_files(cfg: dict) -> str | None:
     if not s.get("train_json"):
         return None
     if not Path(s["train_json"]).is_file():
-        return f"seg.train_json = {s['train_json']!r}: file not found"
+        return f"{s['train_json']}: annotations JSON not found (seg.train_json)"
     if not s.get("train_images"):
         return "seg.train_json is set but seg.train_images is not"
     if not Path(s["train_images"]).is_dir():
-        return f"seg.train_images = {s['train_images']!r}: directory not found"
+        return f"{s['train_images']}: image directory not found (seg.train_images)"
     return None
 
 
