@@ -44,10 +44,16 @@ def cam_splits(cfg: dict) -> list[str]:
     return [cfg["data"]["irn_split"], cfg["data"]["infer_split"], cfg["data"]["eval_split"]]
 
 
+def seg_head_section(cfg: dict) -> str:
+    """The config section of the chosen instance-segmentation model (solo serves solov2 too)."""
+    model = cfg["seg"]["model"]
+    return "solo" if model in ("solo", "solov2") else model
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train_cam", "train the CAM classifier", upstream=(),
-          sections=("backbone", "train_cam"), version=2, image_splits=train_split,
-          run="train_cam:run", data_parallel=True),
+          sections=("backbone", "train_cam", "run.amp"), version=2, image_splits=train_split,
+          run="train_cam:run", files=("backbone.weights",), data_parallel=True),
     Stage("make_cam", "multi-scale CAMs per image", upstream=("train_cam",),
           sections=("make_cam",), version=2, image_splits=cam_splits,
           per_image="make_cam:process"),
@@ -58,8 +64,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           sections=("ir_label",), version=1, image_splits=irn_split,
           per_image="ir_label:process", output_name="{id}.png"),
     Stage("train_irn", "train IRNet (boundary and displacement)", upstream=("ir_label", "train_cam"),
-          sections=("backbone", "train_irn"), version=2, image_splits=irn_and_infer_splits,
-          run="train_irn:run", data_parallel=True),
+          sections=("backbone", "train_irn", "run.amp"), version=2, image_splits=irn_and_infer_splits,
+          run="train_irn:run", files=("backbone.weights",), data_parallel=True),
     Stage("irn_infer", "IRNet boundary and displacement per image", upstream=("train_irn",),
           sections=(), version=1, image_splits=infer_split, per_image="irn_infer:process"),
     Stage("sem_seg", "semantic pseudo-labels by random walk", upstream=("make_cam", "irn_infer"),
@@ -77,7 +83,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           sections=("eval_ins_seg",), version=1, image_splits=infer_split,
           run="eval_pseudo:run_instance", needs_masks=True, reads_images=False),
     Stage("train_seg", "train the instance-segmentation model on the pseudo-labels",
-          upstream=("export", "train_cam"), sections=("backbone", "seg", "solo", "yolact", "centermask"),
+          upstream=("export", "train_cam"), sections=("backbone", "seg", seg_head_section, "run.amp"),
+          ignores=("seg.score_threshold",), files=("backbone.weights", "seg.train_json"),
           version=1, image_splits=infer_split, run="train_seg:run", data_parallel=True),
     Stage("eval_seg", "instance-segmentation model: COCO AP and VOC mAP50", upstream=("train_seg",),
           sections=("seg", "eval_seg"), version=1, image_splits=eval_seg_split, run="eval_seg:run",

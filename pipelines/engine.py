@@ -1,12 +1,15 @@
 """The stage engine: fingerprints, the on-disk cache, resume, and Dask for per-image stages.
 
 Each stage owns ``<work-dir>/<stage>/``. Its ``manifest.json`` records the fingerprint it was
-computed for and whether it finished. A fingerprint hashes the config sections the stage
-reads, the stage's code version, its upstream fingerprints and the ids and labels of the
-images it covers, so it is known before anything runs. A stage is skipped when its manifest
-says "done" for the current fingerprint. A stage whose fingerprint changed is cleared and
-recomputed; one that was interrupted keeps its finished outputs: per-image stages compute
-only the missing images, training stages resume from their last epoch checkpoint.
+computed for, whether it finished, and the size (plus a cheap hash, except for per-image
+outputs) of every file it wrote. A fingerprint hashes the config keys the stage declares it
+reads, the contents of the files those keys name, the stage's code version, its upstream
+fingerprints and the ids, labels and file contents of the images it covers, so it is known
+before anything runs. A stage is skipped when its manifest says "done" for the current
+fingerprint and its outputs still match the manifest; damaged outputs are recomputed (the
+image for a per-image stage, the whole stage otherwise). A stage whose fingerprint changed is
+cleared and recomputed; one that was interrupted keeps its finished outputs: per-image stages
+compute only the missing images, training stages resume from their last epoch checkpoint.
 
 The engine knows nothing of models: a stage is a function of a ``Job`` (config, dataset,
 image ids, upstream output directories, output directory, device).
@@ -14,7 +17,10 @@ image ids, upstream output directories, output directory, device).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import fcntl
+import logging
 import os
 import shutil
 import time
@@ -24,14 +30,16 @@ from typing import Callable
 
 from wsis.config import dumps_toml, section_hash
 from wsis.data import Dataset
-from wsis.errors import WsisError
-from wsis.io import read_json, read_rgb, remove_stray_temps, write_bytes, write_json
+from wsis.errors import DiskFullError, WsisError
+from wsis.io import (TMP_MARK, file_sha256, quick_hash, read_json_or_none, read_rgb, remove_stray_temps,
+                     unreadable_reason, write_bytes, write_json)
 
 from .progress import Progress, say
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
 METRICS = "metrics.json"
+HASH_CACHE = ".file_hashes.json"
 
 
 @dataclass
@@ -58,11 +66,17 @@ class Stage:
     ``per_image(job, ids)`` computes the outputs ``output_name.format(id=...)`` of a chunk of
     images and runs as a Dask task. Exactly one of the two is given, as a function or as
     "module:function" under ``pipelines.stages`` (imported when the stage runs).
+
+    The config a stage reads, which alone enters its fingerprint: ``sections`` lists config
+    sections ("seg"), single keys ("seg.score_threshold") or functions of the config that
+    name a section (the section of the chosen model); ``ignores`` drops keys of those sections
+    that the stage does not read; ``files`` are keys whose value may be a file path, hashed
+    by content.
     """
     name: str
     description: str
     upstream: tuple[str, ...]
-    sections: tuple[str, ...]
+    sections: tuple[str | Callable[[dict], str], ...]
     version: int
     image_splits: Callable[[dict], list[str]]
     run: Callable[[Job], None] | str | None = None
@@ -71,6 +85,20 @@ class Stage:
     needs_masks: bool = False     # evaluation: skipped on datasets without masks
     data_parallel: bool = False   # a training stage that ``--gpus N`` runs in N processes
     reads_images: bool = True     # its images are checked before the run starts
+    ignores: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+    def config_read(self, cfg: dict) -> dict[str, object]:
+        """{"section" or "section.key": value} of the config this stage reads."""
+        read: dict[str, object] = {}
+        for entry in self.sections:
+            name = entry(cfg) if callable(entry) else entry
+            section, _, key = name.partition(".")
+            if key:
+                read[name] = cfg[section][key]
+            else:
+                read[name] = {k: v for k, v in cfg[section].items() if f"{section}.{k}" not in self.ignores}
+        return read
 
     def output_path(self, out_dir: Path, image_id: str) -> Path:
         return out_dir / self.output_name.format(id=image_id)
@@ -86,10 +114,11 @@ class Stage:
 
 @dataclass
 class StageState:
-    status: str          # done | stale | partial | missing | skipped
+    status: str          # done | stale | partial | missing | skipped | damaged
     detail: str = ""
     done: int = 0
     total: int = 0
+    damaged: dict[str, str] = field(default_factory=dict)   # output name -> what is wrong
 
 
 @dataclass
@@ -103,6 +132,15 @@ class Pipeline:
     workers: int = 0
     processes: int = 1           # data-parallel processes for training stages (--gpus)
     _fingerprints: dict[str, tuple[str, dict]] = field(default_factory=dict)
+    _states: dict[str, StageState] = field(default_factory=dict)
+    _hashes: "ContentHashes | None" = None
+    _running: Stage | None = None
+
+    @property
+    def hashes(self) -> "ContentHashes":
+        if self._hashes is None:
+            self._hashes = ContentHashes(self.work_dir / HASH_CACHE)
+        return self._hashes
 
     # ---------------------------------------------------------------- the DAG
     def order(self, target: str) -> list[Stage]:
@@ -132,14 +170,40 @@ class Pipeline:
             ids.extend(self.dataset.ids(split))
         return tuple(dict.fromkeys(ids))
 
+    def image_identities(self, ids) -> dict[str, str] | None:
+        """Each image file's identity for fingerprints: its content hash (cached by size and
+        mtime, so a touched but unchanged file keeps it), or with ``run.image_hash = "stat"``
+        its size and mtime (no reads). None for "off" (ids and labels only)."""
+        mode = self.cfg.get("run", {}).get("image_hash", "content")
+        if mode == "off":
+            return None
+        out = {}
+        for i in ids:
+            path = self.dataset.image_path(i)
+            try:
+                out[i] = self.hashes.get(path) if mode == "content" else self.hashes.stat_key(path)
+            except FileNotFoundError:
+                out[i] = "missing"   # reported by the image check when the stage runs
+        return out
+
     def fingerprint(self, stage: Stage) -> tuple[str, dict]:
         if stage.name not in self._fingerprints:
+            ids = self.stage_ids(stage)
             components = {
-                "config": {s: section_hash(self.cfg[s]) for s in stage.sections},
+                "config": {name: section_hash(v) for name, v in stage.config_read(self.cfg).items()},
                 "code": stage.version,
                 "upstream": {u: self.fingerprint(self.stages[u])[0] for u in stage.upstream},
-                "images": self.dataset.list_hash(self.stage_ids(stage)),
+                # stages that read no image go stale through their upstream when one changes
+                "images": self.dataset.list_hash(ids, self.image_identities(ids) if stage.reads_images else None),
             }
+            files = {}
+            for dotted in stage.files:
+                section, key = dotted.split(".", 1)
+                value = self.cfg[section][key]
+                if isinstance(value, str) and value and Path(value).expanduser().is_file():
+                    files[dotted] = self.hashes.get(Path(value).expanduser())
+            if files:   # only when a key names a file, so other fingerprints stay as they were
+                components["files"] = files
             self._fingerprints[stage.name] = (section_hash(components), components)
         return self._fingerprints[stage.name]
 
@@ -148,27 +212,46 @@ class Pipeline:
         return self.work_dir / stage.name
 
     def manifest(self, stage: Stage) -> dict | None:
-        path = self.out_dir(stage) / MANIFEST
-        return read_json(path) if path.is_file() else None
+        """The stage's manifest; None when missing or unreadable (a truncated manifest is
+        treated as no manifest: the stage is recomputed)."""
+        man = read_json_or_none(self.out_dir(stage) / MANIFEST)
+        if not isinstance(man, dict) or not isinstance(man.get("fingerprint"), str) or "status" not in man:
+            return None
+        return man
 
     def state(self, stage: Stage) -> StageState:
+        if stage.name not in self._states:
+            self._states[stage.name] = self._state(stage)
+        return self._states[stage.name]
+
+    def _state(self, stage: Stage) -> StageState:
         fp, comps = self.fingerprint(stage)
         man = self.manifest(stage)
         if man is None:
             return StageState("missing")
         if man["fingerprint"] != fp:
             return StageState("stale", stale_reason(man.get("components", {}), comps))
-        if man["status"] == "done":
-            return StageState("skipped" if man.get("skipped") else "done", man.get("skipped", ""))
         out = self.out_dir(stage)
+        if man["status"] == "done":
+            damaged = damaged_outputs(out, man.get("outputs", {}), self.per_image_names(stage))
+            if damaged:
+                name, why = next(iter(damaged.items()))
+                more = f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
+                return StageState("damaged", f"{name}: {why}{more}", damaged=damaged)
+            return StageState("skipped" if man.get("skipped") else "done", man.get("skipped", ""))
         if stage.per_image is not None:
             ids = self.stage_ids(stage)
             done = sum(stage.output_path(out, i).is_file() for i in ids)
             return StageState("partial", f"{done} of {len(ids)} images", done, len(ids))
-        if (out / PROGRESS).is_file():
-            p = read_json(out / PROGRESS)
+        p = read_json_or_none(out / PROGRESS)
+        if isinstance(p, dict) and {"done", "total", "unit"} <= p.keys():
             return StageState("partial", f"{p['done']} of {p['total']} {p['unit']}", p["done"], p["total"])
         return StageState("partial", "interrupted")
+
+    def per_image_names(self, stage: Stage) -> set[str]:
+        if stage.per_image is None:
+            return set()
+        return {stage.output_path(Path(), i).name for i in self.stage_ids(stage)}
 
     # ------------------------------------------------------------------ runs
     def run(self, target: str, force: bool = False) -> list[str]:
@@ -182,30 +265,64 @@ class Pipeline:
             else:
                 todo.append(stage)
         if not todo:
+            self._tidy_root()
             return []
-        from wsis.device import resolve_device
-        self.device = resolve_device(self.device)   # "auto" -> cpu/cuda, only when work is due
-        with self._lock():
-            self._check_images(todo)
-            write_bytes(self.work_dir / "config.toml", dumps_toml(self.cfg).encode())
-            runner = DaskRunner(self.scheduler, self.workers, self.device)
-            try:
-                for stage in todo:
-                    self._execute(stage, runner)
-            finally:
-                runner.close()
+        self._running = None
+        runner = DaskRunner(self.scheduler, self.workers, self.device)
+        if any(s.per_image is not None for s in todo):
+            runner.connect_scheduler()   # a bad --scheduler fails here, before any output is touched
+        try:
+            from wsis.device import resolve_device
+            self.device = runner.device = resolve_device(self.device)   # "auto" -> cpu/cuda, only when work is due
+            with self._lock():
+                try:
+                    remove_stray_temps(self.work_dir)
+                    self._check_images(todo)
+                    self.hashes.save()
+                    config_text = dumps_toml(self.cfg).encode()
+                    config_path = self.work_dir / "config.toml"
+                    if not config_path.is_file() or config_path.read_bytes() != config_text:
+                        write_bytes(config_path, config_text)
+                    for stage in todo:
+                        self._execute(stage, runner)
+                except DiskFullError as e:
+                    raise WsisError(self._disk_full_message(self._running, e)) from None
+                finally:
+                    # workers stopped mid-write (interrupt, error) leave temporary files
+                    runner.close()
+                    if self._running is not None:
+                        remove_stray_temps(self.out_dir(self._running))
+        finally:
+            runner.close()
         return [s.name for s in todo]
 
     def _lock(self):
         self.work_dir.mkdir(parents=True, exist_ok=True)
         return WorkDirLock(self.work_dir / ".lock")
 
+    def _tidy_root(self) -> None:
+        """After an up-to-date check: save new content hashes, and remove temporary files that
+        a killed writer left in the work dir's root, when no other run holds the work dir (its
+        temporary files would be live)."""
+        if not self.work_dir.is_dir():
+            return
+        if not self.hashes.dirty and not any(TMP_MARK in p.name for p in self.work_dir.iterdir()):
+            return
+        try:
+            with self._lock():
+                remove_stray_temps(self.work_dir)
+                self.hashes.save()
+        except WsisError:
+            pass
+
     def _check_images(self, todo: list[Stage]) -> None:
         """Decode every image the run will read once (cached by size and mtime), so a missing
         or corrupt file stops the run before any stage output is cleared or written."""
         ids = list(dict.fromkeys(i for s in todo if s.reads_images for i in self.stage_ids(s)))
         cache_path = self.work_dir / ".checked_images.json"
-        cache = read_json(cache_path) if cache_path.is_file() else {}
+        cache = read_json_or_none(cache_path)
+        if not isinstance(cache, dict):
+            cache = {}
         unchecked = []
         for i in ids:
             p = self.dataset.image_path(i)
@@ -225,11 +342,43 @@ class Pipeline:
         write_json(cache_path, cache)
 
     def _execute(self, stage: Stage, runner: "DaskRunner") -> None:
+        self._running = stage     # named in a disk-full message
+        try:
+            self._compute(stage, runner)
+        finally:
+            self._states.pop(stage.name, None)
+
+    def _disk_full_message(self, stage: Stage | None, e: DiskFullError) -> str:
+        """One line naming the work dir and about how much more space the stage needs."""
+        needed = max(e.needed, 1 << 20)
+        if stage is None:
+            return (f"{self.work_dir}: no space left on device writing {Path(e.path).name} "
+                    f"({e.free / 2**20:.1f} MiB free; at least {needed / 2**20:.1f} MiB needed)")
+        out = self.out_dir(stage)
+        if stage.per_image is not None:
+            done = [p for p in (stage.output_path(out, i) for i in self.stage_ids(stage)) if p.is_file()]
+            left = len(self.stage_ids(stage)) - len(done)
+            if done:
+                needed = max(needed, left * sum(p.stat().st_size for p in done) // len(done))
+        return (f"{self.work_dir}: no space left on device while {stage.name} wrote {Path(e.path).name} "
+                f"({e.free / 2**20:.1f} MiB free; {stage.name} needs about {needed / 2**20:.1f} MiB more); "
+                f"free some space and rerun: finished outputs are kept")
+
+    def _compute(self, stage: Stage, runner: "DaskRunner") -> None:
         fp, comps = self.fingerprint(stage)
         out = self.out_dir(stage)
         man = self.manifest(stage)
-        if out.exists() and (man is None or man["fingerprint"] != fp or man["status"] == "done"):
-            # stale, forced, or an unknown directory: start this stage afresh
+        state = self.state(stage)
+        per_image_names = self.per_image_names(stage)
+        if state.status == "damaged" and state.damaged.keys() <= per_image_names:
+            name, why = next(iter(state.damaged.items()))
+            say(f"{stage.name}: {len(state.damaged)} damaged output(s) ({name}: {why}); recomputing those images")
+            for name in state.damaged:
+                (out / name).unlink(missing_ok=True)
+        elif out.exists() and (man is None or man["fingerprint"] != fp or man["status"] == "done"):
+            # stale, forced, damaged, or an unknown directory: start this stage afresh
+            if state.status == "damaged":
+                say(f"{stage.name}: {state.detail}; recomputing the stage")
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         remove_stray_temps(out)
@@ -243,7 +392,8 @@ class Pipeline:
             say(f"{stage.name}: skipped (dataset '{self.dataset.kind}' has no ground-truth masks)")
             manifest["skipped"] = "no ground-truth masks"
         elif stage.per_image is not None:
-            todo = [i for i in ids if not stage.output_path(out, i).is_file()]
+            # outputs are written atomically; the structural check catches files damaged since
+            todo = [i for i in ids if unreadable_reason(stage.output_path(out, i)) is not None]
             say(f"{stage.name}: computing {len(todo)} of {len(ids)} images ({len(ids) - len(todo)} already done)")
             runner.map(stage, job, todo)
             missing = [i for i in ids if not stage.output_path(out, i).is_file()]
@@ -258,6 +408,7 @@ class Pipeline:
                 stage.function("run")(job)
         manifest.update(status="done", seconds=round(time.monotonic() - start, 2))
         (out / PROGRESS).unlink(missing_ok=True)
+        manifest["outputs"] = record_outputs(out, per_image_names)
         write_json(out / MANIFEST, manifest)
         say(f"{stage.name}: done in {manifest['seconds']:.1f} s")
 
@@ -268,7 +419,9 @@ class Pipeline:
         for stage in self.stages.values():
             path = self.out_dir(stage) / METRICS
             if path.is_file() and self.state(stage).status == "done":
-                metrics[stage.name] = read_json(path)
+                value = read_json_or_none(path)
+                if value is not None:
+                    metrics[stage.name] = value
         if metrics:
             write_json(self.work_dir / METRICS, metrics)
         return metrics
@@ -282,18 +435,55 @@ class Pipeline:
         return self.out_dir(stage) / "pseudo_labels.json"
 
 
+def record_outputs(out: Path, per_image_names: set[str]) -> dict:
+    """{relative name: size} for per-image outputs, {name: [size, quick hash]} for the rest
+    (models, JSON, metrics): what ``damaged_outputs`` checks later."""
+    outputs = {}
+    for p in sorted(out.rglob("*")):
+        name = p.relative_to(out).as_posix()
+        if not p.is_file() or name in (MANIFEST, PROGRESS) or TMP_MARK in p.name:
+            continue
+        size = p.stat().st_size
+        outputs[name] = size if name in per_image_names else [size, quick_hash(p)]
+    return outputs
+
+
+def damaged_outputs(out: Path, recorded: dict, per_image_names: set[str]) -> dict[str, str]:
+    """The recorded outputs that are missing, changed in size or hash, or structurally
+    unreadable (a zero-filled .npz of the right size), with what is wrong with each."""
+    damaged = {}
+    for name, rec in recorded.items():
+        path = out / name
+        size, digest = (rec, None) if isinstance(rec, int) else (rec[0], rec[1])
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            damaged[name] = "missing"
+            continue
+        if actual != size:
+            damaged[name] = f"{actual} bytes, {size} recorded"
+        elif digest is not None and quick_hash(path) != digest:
+            damaged[name] = "content changed"
+        elif name in per_image_names and (why := unreadable_reason(path)):
+            damaged[name] = why
+    return damaged
+
+
 def stale_reason(old: dict, new: dict) -> str:
     reasons = []
     for sec, h in new["config"].items():
         if old.get("config", {}).get(sec) != h:
             reasons.append(f"config [{sec}] changed")
+    for key, h in new.get("files", {}).items():
+        if old.get("files", {}).get(key) != h:
+            reasons.append(f"file {key} changed")
     if old.get("code") != new["code"]:
         reasons.append(f"code version {old.get('code')} -> {new['code']}")
     for up, h in new["upstream"].items():
         if old.get("upstream", {}).get(up) != h:
             reasons.append(f"upstream {up} changed")
     if old.get("images") != new["images"]:
-        reasons.append("image list or labels changed")
+        reasons.append("image list, labels or files changed")
     return ", ".join(reasons) or "fingerprint changed"
 
 
@@ -317,40 +507,151 @@ class WorkDirLock:
         self.fh.close()
 
 
-def _run_chunk(fn, job: Job, ids: list[str]) -> int:
+class ContentHashes:
+    """Content hashes of input files (images, a weights file, a training JSON), cached in the
+    work dir by path, size and mtime so that each file is read once until it changes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        cache = read_json_or_none(path)
+        self.cache: dict[str, list] = cache if isinstance(cache, dict) else {}
+        self.dirty = False
+
+    @staticmethod
+    def stat_key(path: Path) -> str:
+        st = Path(path).stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
+    def get(self, path: Path) -> str:
+        key = self.stat_key(path)
+        entry = self.cache.get(str(path))
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == key):
+            entry = [key, file_sha256(path)]
+            self.cache[str(path)] = entry
+            self.dirty = True
+        return entry[1]
+
+    def save(self) -> None:
+        """Written under the work-dir lock only (``status`` reads the cache but never writes)."""
+        if self.dirty:
+            write_json(self.path, self.cache)
+            self.dirty = False
+
+
+def _run_chunk(fn, job: Job, ids: list[str]):
+    """One Dask task. A WsisError (bad input) comes back as a value, so that the task's
+    retries are spent only on unexpected failures."""
     if job.torch_threads:
         import torch
         torch.set_num_threads(job.torch_threads)
-    fn(job, ids)
+    try:
+        fn(job, ids)
+    except WsisError as e:
+        return e
     return len(ids)
+
+
+def task_job(job: Job, ids: list[str]) -> Job:
+    """The job one task needs: its own image ids, and a shallow copy of the dataset whose
+    per-image tables (labels, file names, annotations: any dict keyed by every id of the
+    chunk) and split lists hold only those ids, so no task carries the whole dataset."""
+    chunk = set(ids)
+    ds = copy.copy(job.dataset)
+    for name, value in vars(job.dataset).items():
+        if isinstance(value, dict) and len(value) >= len(chunk) and chunk <= value.keys():
+            setattr(ds, name, {k: v for k, v in value.items() if k in chunk})
+    ds.splits = {s: tuple(i for i in v if i in chunk) for s, v in job.dataset.splits.items()}
+    return dataclasses.replace(job, dataset=ds, ids=tuple(ids))
+
+
+SCHEDULER_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+
+
+def check_scheduler_address(address: str) -> str:
+    """``address`` as scheme://host:port (tcp:// when no scheme is given), or a one-line
+    error saying what form is expected."""
+    from urllib.parse import urlsplit
+    text = address if "://" in address else f"tcp://{address}"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = None
+    if parts is None or parts.scheme not in SCHEDULER_SCHEMES or not parts.hostname or port is None \
+            or parts.path not in ("", "/"):
+        raise WsisError(f"--scheduler {address}: expected a dask scheduler address like tcp://HOST:PORT")
+    return text.rstrip("/")
+
+
+CONNECT_TIMEOUT_S = 20
 
 
 class DaskRunner:
     """Maps per-image stage chunks over Dask: a local cluster (started on first use) or an
-    existing scheduler."""
+    existing scheduler (connected before anything runs)."""
+
+    # Threads of the numerical libraries in each local worker (one task per worker process).
+    # Passed as the workers' own environment: distributed's "pre-spawn-environ" would also
+    # set them in this process, and the driver's training stages would then run on one thread.
+    WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    TASK_RETRIES = 2
 
     def __init__(self, scheduler: str | None, workers: int, device: str):
         self.scheduler, self.workers, self.device = scheduler, workers, device
         self.client = self.cluster = None
 
+    def connect_scheduler(self) -> None:
+        """Connect to ``--scheduler`` now. The handshake runs in a thread with a wall-clock
+        limit: a server that is not Dask can make it hang or ask for an absurd allocation."""
+        if not self.scheduler or self.client is not None:
+            return
+        import threading
+        address = check_scheduler_address(self.scheduler)
+        result: dict = {}
+
+        def connect():
+            try:
+                from distributed import Client
+                result["client"] = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
+            except BaseException as e:   # MemoryError from a non-Dask peer included
+                result["error"] = e
+
+        quiet_distributed_logs()
+        thread = threading.Thread(target=connect, daemon=True)
+        thread.start()
+        thread.join(CONNECT_TIMEOUT_S + 5)
+        if "client" in result:
+            self.client = result["client"]
+            return
+        error = result.get("error")
+        why = (f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+               if error is not None else f"no dask handshake within {CONNECT_TIMEOUT_S} s")
+        if isinstance(error, MemoryError):
+            why = "the server did not answer like a dask scheduler"
+        raise WsisError(f"--scheduler {self.scheduler}: cannot connect ({why[:200]})")
+
     def _client(self):
         if self.client is None:
-            import logging
-            from distributed import Client, LocalCluster
             if self.scheduler:
-                try:
-                    self.client = Client(self.scheduler, timeout="10s")
-                except (OSError, TimeoutError) as e:
-                    raise WsisError(f"--scheduler {self.scheduler}: cannot connect ({e})") from None
-            else:
-                import dask
-                n = self.local_workers()
-                # distributed sets MALLOC_TRIM_THRESHOLD_=65536 in workers; with PyTorch's
-                # allocation pattern that doubles per-image time (measured), so unset it.
-                with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-                    self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                dashboard_address=None, silence_logs=logging.ERROR)
-                self.client = Client(self.cluster)
+                self.connect_scheduler()
+                return self.client
+            import dask
+            from distributed import Client, LocalCluster
+            n = self.local_workers()
+            env = self.WORKER_ENV if self.device != "cuda" else {}
+            # distributed sets MALLOC_TRIM_THRESHOLD_=65536 in workers; with PyTorch's
+            # allocation pattern that doubles per-image time (measured), so unset it.
+            unset = {f"distributed.nanny.pre-spawn-environ.{k}": None
+                     for k in ("MALLOC_TRIM_THRESHOLD_", *self.WORKER_ENV)}
+            with dask.config.set(unset):
+                # The scheduler's HTTP server (health routes) defaults to port 8787 even
+                # without a dashboard; a random port avoids the "already in use" warning.
+                self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                            dashboard_address=None, env=env, silence_logs=logging.ERROR,
+                                            scheduler_kwargs={"dashboard_address": ":0"})
+            quiet_distributed_logs()
+            self.client = Client(self.cluster)
         return self.client
 
     def local_workers(self) -> int:
@@ -361,6 +662,9 @@ class DaskRunner:
         return max(1, os.cpu_count() or 1)
 
     def map(self, stage: Stage, job: Job, ids: list[str]) -> None:
+        """Run ``stage``'s per-image function over ``ids`` in chunks. Each task carries its
+        own small job (no scattered data, which would die with a worker); a task whose worker
+        dies is rescheduled by Dask, and one that fails unexpectedly is retried."""
         if not ids:
             return
         from distributed import as_completed
@@ -369,19 +673,69 @@ class DaskRunner:
             job.torch_threads = 1 if self.device != "cuda" else None
         chunk = max(1, int(job.cfg["run"]["chunk_size"]))
         chunks = [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
-        [job_future] = client.scatter([job], broadcast=True, hash=False)
         fn = stage.function("per_image")
-        futures = [client.submit(_run_chunk, fn, job_future, c, pure=False) for c in chunks]
+        futures = [client.submit(_run_chunk, fn, task_job(job, c), c, pure=False, retries=self.TASK_RETRIES)
+                   for c in chunks]
         progress = Progress(stage.name, len(ids))
         try:
             for fut in as_completed(futures):
-                progress.update(fut.result())
+                try:
+                    result = fut.result()
+                except Exception as e:
+                    if type(e).__name__ == "KilledWorker":
+                        raise WsisError(f"{stage.name}: a task killed {stage.name}'s Dask worker repeatedly "
+                                        f"(out of memory? try fewer run.workers); see the dask lines above") from None
+                    raise
+                if isinstance(result, WsisError):
+                    raise result
+                progress.update(result)
         except BaseException:
             client.cancel(futures)
             raise
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        _WorkerDeathFilter.closing = True    # the workers we stop are not news
+        try:
+            if self.client is not None:
+                self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+        finally:
+            self.client = self.cluster = None
+            _WorkerDeathFilter.closing = False
+
+
+class _WorkerDeathFilter(logging.Filter):
+    """Lets through distributed's errors and the nanny's notes on why a worker died (killed
+    by a signal, exited, over its memory budget); everything else stays quiet."""
+    DEATH = ("was killed by", "exited with status", "memory budget")
+    closing = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.closing:
+            return False
+        if record.levelno >= logging.ERROR:
+            return True
+        return record.name.startswith("distributed.nanny") and any(d in record.getMessage() for d in self.DEATH)
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        lines = record.getMessage().strip().splitlines() or [""]
+        return f"dask: {lines[0]}"
+
+
+def quiet_distributed_logs() -> None:
+    """distributed's logging in this process: one line per worker death or error, no
+    tracebacks, nothing else."""
+    log = logging.getLogger("distributed")
+    if any(isinstance(h.filters[0] if h.filters else None, _WorkerDeathFilter) for h in log.handlers):
+        return
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    handler = logging.StreamHandler()
+    handler.addFilter(_WorkerDeathFilter())
+    handler.setFormatter(_OneLine())
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False

@@ -65,3 +65,66 @@ def test_merge_does_not_mutate_base():
     base = {"a": {"b": 1}}
     out = merge(base, {"a": {"b": 2}}, "x")
     assert base == {"a": {"b": 1}} and out == {"a": {"b": 2}}
+
+
+# ------------------------------------------------------------- the schema (issue 9.10)
+
+from wsis.config import read_toml, CONFIG_DIR  # noqa: E402
+from wsis.schema import CROSS_CHECKS, RULES, same_type, validate  # noqa: E402
+
+
+def test_every_rule_names_a_key_of_base_toml_and_the_presets_pass():
+    base = read_toml(CONFIG_DIR / "base.toml")
+    for dotted in RULES:
+        section, key = dotted.split(".")
+        assert key in base.get(section, {}), f"rule for unknown key {dotted}"
+    for preset in ("synthetic", "voc2012", "coco", "folder"):
+        load_config(preset)    # validates
+
+
+def test_list_elements_are_type_checked_nested_lists_too():
+    assert same_type([1.0], [1, 2.5]) and not same_type([1.0], ["a"]) and not same_type([1.0], [True])
+    assert same_type([[1, 2]], [[3, 4], [5, 6]]) and not same_type([[1, 2]], [[3, "x"]])
+    assert not same_type([[1, 2]], [3, 4]) and same_type(["a"], []) and same_type([], [1])
+    with pytest.raises(ConfigError, match=r"'solo.scale_ranges' must be list of list of int"):
+        load_config("synthetic", overrides=["solo.scale_ranges=[[1, 2], [2, 'x']]"])
+
+
+def test_a_key_without_a_rule_gets_only_the_type_check():
+    base = read_toml(CONFIG_DIR / "base.toml")
+    base["run"]["new_key_from_elsewhere"] = 3
+    cfg = {s: dict(v) for s, v in base.items()}
+    cfg["run"]["new_key_from_elsewhere"] = -100          # no rule: any int
+    validate(cfg, base)
+    cfg["run"]["new_key_from_elsewhere"] = "x"
+    with pytest.raises(ConfigError, match=r"run.new_key_from_elsewhere = 'x': must be int"):
+        validate(cfg, base)
+
+
+def test_cross_checks_name_both_keys():
+    base = read_toml(CONFIG_DIR / "base.toml")
+    cfg = {s: dict(v) for s, v in base.items()}
+    cfg["solo"]["grids"] = [40, 36, 24, 16]
+    problems = [p for p in (c(cfg) for c in CROSS_CHECKS) if p]
+    assert problems == ["solo.grids has 4 levels but solo.scale_ranges has 5; give one scale range per grid"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("make_cam.scales=[0.0]", "make_cam.scales = [0.0]: element 0 (0.0) must be > 0"),
+    ("train_irn.epochs=0", "train_irn.epochs = 0: must be >= 1"),
+    ("train_cam.momentum=1.0", "train_cam.momentum = 1.0: must be in [0.0, 1.0)"),
+    ("run.workers=-1", "run.workers = -1: must be >= 0"),
+    ("yolact.anchor_scales=[8, 16]", "yolact.anchor_scales = [8, 16]: must have 5 elements, has 2"),
+    ("eval_ins_seg.iou_thresholds=[]", "eval_ins_seg.iou_thresholds = []: must not be empty"),
+    ("run.image_hash=md5", "run.image_hash = 'md5': must be one of content, stat, off"),
+])
+def test_ranges_and_choices(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        load_config("synthetic", overrides=[override])
+
+
+def test_a_binary_config_file_is_one_line(tmp_path):
+    f = tmp_path / "model.pth"
+    f.write_bytes(b"\x80\x02\xff\xfe" * 100)
+    with pytest.raises(ConfigError, match="model.pth: not a TOML file"):
+        load_config("synthetic", f)

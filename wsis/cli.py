@@ -54,14 +54,24 @@ def eval_set_overrides(eval_annotations, eval_images) -> tuple[str, ...]:
 
 
 def user_errors(f):
-    """Turn WsisError into a one-line message and exit status 2."""
+    """Turn WsisError into a one-line message and exit status 2; an interrupt (Ctrl-C,
+    SIGTERM, SIGHUP) unwinds normally, so temporary files are removed, and exits 130."""
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
+        import signal
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, interrupt)
         try:
             return f(*args, **kwargs)
         except WsisError as e:
             click.echo(f"wsis: error: {e}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("wsis: interrupted; finished outputs are kept, rerun to resume", err=True)
+            sys.exit(130)
     return wrapper
 
 
@@ -144,7 +154,12 @@ def main():
 @user_errors
 def run(stage, force, workers, scheduler, gpus, **common):
     """Run STAGE after whatever it needs that is missing or stale."""
+    from pipelines.engine import check_scheduler_address
     from pipelines.report import metrics_table
+    if workers < 0:
+        raise ConfigError(f"--workers {workers}: must be >= 0 (0: one per CPU core)")
+    if scheduler is not None:
+        check_scheduler_address(scheduler)
     session = Session(**common)
     pipeline = session.pipeline(scheduler, workers, record=True)
     pipeline.processes = gpus

@@ -3,7 +3,9 @@
 A run's config is built from, in order: ``configs/base.toml`` (every key, at the paper's VOC
 settings), the dataset preset ``configs/<preset>.toml``, an optional user file (``--config``)
 and ``--set section.key=value`` overrides. Later layers may only set keys that exist in the
-earlier ones, with values of the same type, so a typo is an error instead of a silent no-op.
+earlier ones, with values of the same type (list elements included), so a typo is an error
+instead of a silent no-op. The result is checked against the declared schema
+(``wsis.schema``: ranges, choices, cross-field rules) before anything runs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .schema import same_type, type_name, validate
 
 
 def _config_dir() -> Path:
@@ -51,16 +54,10 @@ def read_toml(path: Path) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML ({e})") from None
-
-
-def _same_type(old: Any, new: Any) -> bool:
-    if isinstance(old, bool) or isinstance(new, bool):
-        return isinstance(old, bool) and isinstance(new, bool)
-    if isinstance(old, float) and isinstance(new, int):
-        return True
-    if isinstance(old, list):
-        return isinstance(new, list)
-    return type(old) is type(new)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a TOML file (not UTF-8 text)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from None
 
 
 def _coerce(old: Any, new: Any) -> Any:
@@ -83,9 +80,8 @@ def merge(base: dict, layer: dict, source: str, prefix: str = "") -> dict:
                 raise ConfigError(f"{source}: '{dotted}' is a section, not a value")
             out[key] = merge(out[key], value, source, dotted + ".")
         else:
-            if isinstance(value, dict) or not _same_type(out[key], value):
-                raise ConfigError(
-                    f"{source}: '{dotted}' must be {type(out[key]).__name__}, got {value!r}")
+            if isinstance(value, dict) or not same_type(out[key], value):
+                raise ConfigError(f"{source}: '{dotted}' must be {type_name(out[key])}, got {value!r}")
             out[key] = _coerce(out[key], value)
     return out
 
@@ -121,6 +117,7 @@ def load_config(preset: str, config_file: str | Path | None = None,
         for part in reversed(parts):
             layer = {part: layer}
         cfg = merge(cfg, layer, "--set")
+    validate(cfg, base)
     return cfg
 
 

@@ -7,10 +7,14 @@ place, so a run killed at any instant leaves either the old file, the new file, 
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DataError
+from .errors import DataError, DiskFullError
 
 TMP_MARK = ".tmp-"
 
@@ -28,7 +32,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success, fsync and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + TMP_MARK, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + TMP_MARK, dir=path.parent)
+    except OSError as e:
+        raise _disk_full(path, e) or e
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -36,14 +43,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as e:
+        # torch.save reports a full disk as a RuntimeError ("file write failed"), so the
+        # free space decides; checked before the partial file is deleted.
+        full = _disk_full(path, e, tmp_path)
+        if full is None:
+            raise
+        raise full from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
+def _disk_full(path: Path, error: BaseException, tmp: Path | None = None) -> DiskFullError | None:
+    """A ``DiskFullError`` if ``error`` came from a full file system, else None."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = -1
+    if getattr(error, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) and not (
+            isinstance(error, RuntimeError) and 0 <= free < 1 << 20):
+        return None
+    written = tmp.stat().st_size if tmp is not None and tmp.exists() else 0
+    return DiskFullError(path, written, max(free, 0))
+
+
 def write_bytes(path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except DiskFullError as e:
+        raise DiskFullError(path, len(data), e.free) from None
 
 
 def write_json(path, obj: Any) -> None:
@@ -53,6 +83,16 @@ def write_json(path, obj: Any) -> None:
 def read_json(path) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def read_json_or_none(path) -> Any:
+    """A JSON file's content, or None when it is missing, truncated or not JSON (a cache
+    file that cannot be read is treated as absent)."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode())
+    except (OSError, ValueError):   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
 
 
 def write_npz(path, **arrays: np.ndarray) -> None:
@@ -169,6 +209,65 @@ def read_rgb(path, max_side: int = 0) -> np.ndarray:
     if (h, w) != (img.height, img.width):
         img = img.resize((w, h), Image.BILINEAR)   # Pillow's downscale filter is antialiased
     return np.array(img)
+
+
+HASH_SPAN = 1 << 20
+
+
+def quick_hash(path) -> str:
+    """A cheap content hash: sha256 of the size, the first and the last MiB. It tells a
+    truncated, zero-filled or replaced model file from the one recorded, without reading
+    hundreds of MB on every ``status``."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(HASH_SPAN))
+        if size > HASH_SPAN:
+            f.seek(max(HASH_SPAN, size - HASH_SPAN))
+            h.update(f.read(HASH_SPAN))
+    return h.hexdigest()[:16]
+
+
+def file_sha256(path) -> str:
+    """sha256 of a whole file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def unreadable_reason(path) -> str | None:
+    """Why an output file cannot be what its suffix says, from a cheap structural check (a
+    few small reads): ``.npz``/``.pt`` need a zip central directory listing members, ``.png``
+    its signature and final IEND chunk. None when it looks whole (other suffixes: exists)."""
+    path = Path(path)
+    try:
+        if path.suffix in (".npz", ".pt"):
+            with zipfile.ZipFile(path) as z:
+                if not z.namelist():
+                    return "empty zip archive"
+        elif path.suffix == ".png":
+            with open(path, "rb") as f:
+                head = f.read(8)
+                f.seek(max(0, path.stat().st_size - len(PNG_END)))
+                tail = f.read()
+            if head != PNG_SIGNATURE:
+                return "not a PNG"
+            if tail != PNG_END:
+                return "PNG is truncated (no IEND)"
+        elif not path.is_file():
+            return "missing"
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, zipfile.BadZipFile, ValueError) as e:
+        return f"unreadable ({e})"
+    return None
 
 
 def remove_stray_temps(directory: Path) -> None:

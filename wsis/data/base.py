@@ -88,10 +88,13 @@ class Dataset:
     def instance_gt(self, image_id: str) -> InstanceGT:
         raise DataError(f"{self.root}: dataset '{self.kind}' has no ground-truth masks")
 
-    def list_hash(self, ids) -> str:
-        """Identity of a list of images for stage fingerprints: ids, labels and class names."""
-        blob = json.dumps({"classes": list(self.class_names),
-                           "images": [[i, list(self.labels[i])] for i in ids],
+    def list_hash(self, ids, files: dict[str, str] | None = None) -> str:
+        """Identity of a list of images for stage fingerprints: ids, labels and class names (and
+        the processing size when ``max_side`` is set), and each image file's identity when
+        ``files`` (id -> content hash, or size and mtime) is given, so that replacing an image
+        file makes the stages that read it stale."""
+        images = [[i, list(self.labels[i])] + ([files[i]] if files is not None else []) for i in ids]
+        blob = json.dumps({"classes": list(self.class_names), "images": images,
                            **({"max_side": self.max_side} if self.max_side else {})},
                           separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,234 @@
+"""The declared config schema, checked before anything runs.
+
+Types come from ``configs/base.toml``: every key has the type of its value there, and a list
+the type of its elements (checked element by element, nested lists too). On top of that,
+``RULES`` declares ranges and choices per key and ``CROSS_CHECKS`` the rules that tie keys
+together. A key without a rule gets only the type check, so keys added to base.toml later
+load as they are.
+
+Each rule is a function of the value that returns the problem as a short phrase, or None.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+Rule = Callable[[Any], "str | None"]
+
+RESNET_DEPTHS = (18, 34, 50, 101, 152)
+FPN_LEVELS = 5   # SOLO: P2-P6, YOLACT: P3-P7 (wsis.models.solo.STRIDES, wsis.models.yolact)
+
+
+def at_least(low: float) -> Rule:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def above(low: float) -> Rule:
+    return lambda v: None if v > low else f"must be > {low}"
+
+
+def between(low: float, high: float, high_open: bool = False) -> Rule:
+    if high_open:
+        return lambda v: None if low <= v < high else f"must be in [{low}, {high})"
+    return lambda v: None if low <= v <= high else f"must be in [{low}, {high}]"
+
+
+def one_of(*choices) -> Rule:
+    return lambda v: None if v in choices else f"must be one of {', '.join(map(str, choices))}"
+
+
+def non_empty(v) -> str | None:
+    return None if len(v) else "must not be empty"
+
+
+def each(rule: Rule) -> Rule:
+    """``rule`` for every element of a list."""
+    def check(v):
+        for i, x in enumerate(v):
+            problem = rule(x)
+            if problem:
+                return f"element {i} ({x!r}) {problem}"
+        return None
+    return check
+
+
+def length(n: int) -> Rule:
+    return lambda v: None if len(v) == n else f"must have {n} elements, has {len(v)}"
+
+
+def ordered_pair(rule: Rule) -> Rule:
+    """Two elements [low, high], each satisfying ``rule``, with low <= high."""
+    def check(v):
+        return length(2)(v) or each(rule)(v) or (None if v[0] <= v[1] else f"[low, high] with low > high")
+    return check
+
+
+def weights_choice(v: str) -> str | None:
+    if v in ("none", "imagenet") or Path(v).expanduser().is_file():
+        return None
+    return "must be 'none', 'imagenet' or the path of an existing .pth file"
+
+
+FRACTION = between(0.0, 1.0)
+MOMENTUM = between(0.0, 1.0, high_open=True)
+OPTIMIZER = one_of("sgd", "adam")
+BACKBONE_INIT = one_of("pretrained", "cam")
+
+# "section.key" -> rules (all must pass). Keys not listed get only the type check.
+RULES: dict[str, tuple[Rule, ...]] = {
+    "backbone.depth": (one_of(*RESNET_DEPTHS),),
+    "backbone.weights": (weights_choice,),
+    "backbone.frozen_stages": (between(0, 4),),
+    "train_cam.seed": (at_least(0),),
+    "train_cam.epochs": (at_least(1),),
+    "train_cam.batch_size": (at_least(1),),
+    "train_cam.lr": (above(0),),
+    "train_cam.head_lr_mult": (above(0),),
+    "train_cam.weight_decay": (at_least(0),),
+    "train_cam.momentum": (MOMENTUM,),
+    "train_cam.resize_long": (ordered_pair(at_least(1)),),
+    "train_cam.crop_size": (at_least(1),),
+    "make_cam.scales": (non_empty, each(above(0))),
+    "eval_cam.bg_threshold": (FRACTION,),
+    "synthetic.seed": (at_least(0),),
+    "synthetic.num_train": (at_least(1),),
+    "synthetic.num_val": (at_least(1),),
+    "synthetic.image_size": (ordered_pair(at_least(16)),),
+    "synthetic.max_instances": (at_least(1),),
+    "ir_label.fg_thres": (FRACTION,),
+    "ir_label.bg_thres": (FRACTION,),
+    "ir_label.gt_prob": (between(0.0, 1.0, high_open=True), above(0)),
+    "ir_label.iterations": (at_least(0),),
+    "ir_label.gauss_sxy": (above(0),),
+    "ir_label.gauss_compat": (at_least(0),),
+    "ir_label.bilateral_sxy": (above(0),),
+    "ir_label.bilateral_srgb": (above(0),),
+    "ir_label.bilateral_compat": (at_least(0),),
+    "train_irn.seed": (at_least(0),),
+    "train_irn.backbone_init": (BACKBONE_INIT,),
+    "train_irn.epochs": (at_least(1),),
+    "train_irn.batch_size": (at_least(1),),
+    "train_irn.lr": (above(0),),
+    "train_irn.displacement_lr_mult": (above(0),),
+    "train_irn.weight_decay": (at_least(0),),
+    "train_irn.momentum": (MOMENTUM,),
+    "train_irn.crop_size": (at_least(16),),
+    "train_irn.scale_range": (ordered_pair(above(0)),),
+    "train_irn.radius": (at_least(1),),
+    "random_walk.radius": (at_least(1),),
+    "random_walk.beta": (above(0),),
+    "random_walk.exp_times": (at_least(0),),
+    "sem_seg.bg_threshold": (FRACTION,),
+    "ins_seg.bg_threshold": (FRACTION,),
+    "ins_seg.centroid_iterations": (at_least(0),),
+    "ins_seg.cluster_threshold": (above(0),),
+    "ins_seg.min_area_fraction": (FRACTION,),
+    "export.score_threshold": (at_least(0),),
+    "export.min_area": (at_least(0),),
+    "eval_ins_seg.iou_thresholds": (non_empty, each(between(0.0, 1.0)), each(above(0))),
+    "run.chunk_size": (at_least(1),),
+    "run.workers": (at_least(0),),
+    "run.image_hash": (one_of("content", "stat", "off"),),
+    "seg.model": (one_of("solov2", "solo", "yolact", "centermask"),),
+    "seg.backbone_init": (BACKBONE_INIT,),
+    "seg.input_size": (at_least(32),),
+    "seg.fpn_channels": (at_least(1),),
+    "seg.epochs": (at_least(1),),
+    "seg.batch_size": (at_least(1),),
+    "seg.momentum": (MOMENTUM,),
+    "seg.warmup_iters": (at_least(0),),
+    "seg.grad_clip": (at_least(0),),
+    "seg.seed": (at_least(0),),
+    "seg.score_threshold": (FRACTION,),
+    "solo.optimizer": (OPTIMIZER,),
+    "solo.lr": (above(0),),
+    "solo.weight_decay": (at_least(0),),
+    "solo.grids": (length(FPN_LEVELS), each(at_least(1))),
+    "solo.scale_ranges": (length(FPN_LEVELS), each(ordered_pair(at_least(0)))),
+    "solo.sigma": (between(0.0, 1.0), above(0)),
+    "solo.head_convs": (at_least(1),),
+    "solo.head_channels": (at_least(1),),
+    "solo.kernel_channels": (at_least(1),),
+    "yolact.optimizer": (OPTIMIZER,),
+    "yolact.lr": (above(0),),
+    "yolact.weight_decay": (at_least(0),),
+    "yolact.anchor_scales": (length(FPN_LEVELS), each(above(0))),
+    "yolact.aspect_ratios": (non_empty, each(above(0))),
+    "yolact.num_prototypes": (at_least(1),),
+    "centermask.optimizer": (OPTIMIZER,),
+    "centermask.lr": (above(0),),
+    "centermask.weight_decay": (at_least(0),),
+    "centermask.shape_size": (at_least(1),),
+    "centermask.head_channels": (at_least(1),),
+}
+
+
+def _seg_training_files(cfg: dict) -> str | None:
+    s = cfg.get("seg", {})
+    if not s.get("train_json"):
+        return None
+    if not Path(s["train_json"]).is_file():
+        return f"{s['train_json']}: annotations JSON not found (seg.train_json)"
+    if not s.get("train_images"):
+        return "seg.train_json is set but seg.train_images is not"
+    if not Path(s["train_images"]).is_dir():
+        return f"{s['train_images']}: image directory not found (seg.train_images)"
+    return None
+
+
+def _solo_lengths(cfg: dict) -> str | None:
+    s = cfg.get("solo", {})
+    if "grids" in s and "scale_ranges" in s and len(s["grids"]) != len(s["scale_ranges"]):
+        return (f"solo.grids has {len(s['grids'])} levels but solo.scale_ranges has "
+                f"{len(s['scale_ranges'])}; give one scale range per grid")
+    return None
+
+
+# Rules over several keys; each returns the problem (naming the keys) or None.
+CROSS_CHECKS: tuple[Callable[[dict], "str | None"], ...] = (_solo_lengths, _seg_training_files)
+
+
+def type_name(template: Any) -> str:
+    if isinstance(template, list):
+        return f"list of {type_name(template[0])}" if template else "list"
+    return {bool: "bool", int: "int", float: "float", str: "string"}.get(type(template), type(template).__name__)
+
+
+def same_type(template: Any, value: Any) -> bool:
+    """``value`` has the type of ``template`` (an int is a float; list elements are checked
+    against the template's first element, nested lists too)."""
+    if isinstance(template, bool) or isinstance(value, bool):
+        return isinstance(template, bool) and isinstance(value, bool)
+    if isinstance(template, float):
+        return isinstance(value, (int, float))
+    if isinstance(template, list):
+        if not isinstance(value, list):
+            return False
+        return not template or all(same_type(template[0], v) for v in value)
+    return type(template) is type(value)
+
+
+def validate(cfg: dict, types: dict) -> None:
+    """Raise ConfigError naming the first key whose value breaks its type (from ``types``,
+    the base config), a rule of ``RULES`` or a cross check."""
+    for section, table in types.items():
+        for key, template in table.items():
+            value = cfg.get(section, {}).get(key)
+            if not isinstance(template, dict) and not same_type(template, value):
+                raise ConfigError(f"{section}.{key} = {value!r}: must be {type_name(template)}")
+    for dotted, rules in RULES.items():
+        section, key = dotted.split(".", 1)
+        if key not in cfg.get(section, {}):
+            continue    # a key another version renamed: tests/test_config.py keeps the table honest
+        value = cfg[section][key]
+        for rule in rules:
+            problem = rule(value)
+            if problem:
+                raise ConfigError(f"{dotted} = {value!r}: {problem}")
+    for check in CROSS_CHECKS:
+        problem = check(cfg)
+        if problem:
+            raise ConfigError(problem)
