@@ -70,6 +70,7 @@ class Stage:
     output_name: str = "{id}.npz"
     needs_masks: bool = False     # evaluation: skipped on datasets without masks
     reads_images: bool = True     # its images are checked before the run starts
+    input_files: tuple[str, ...] = ()   # files under the work dir whose content it depends on
 
     def output_path(self, out_dir: Path, image_id: str) -> Path:
         return out_dir / self.output_name.format(id=image_id)
@@ -138,6 +139,8 @@ class Pipeline:
                 "upstream": {u: self.fingerprint(self.stages[u])[0] for u in stage.upstream},
                 "images": self.dataset.list_hash(self.stage_ids(stage)),
             }
+            if stage.input_files:
+                components["files"] = {f: file_hash(self.work_dir / f) for f in stage.input_files}
             self._fingerprints[stage.name] = (section_hash(components), components)
         return self._fingerprints[stage.name]
 
@@ -276,6 +279,14 @@ class Pipeline:
         return self.out_dir(stage) / "pseudo_labels.json"
 
 
+def file_hash(path: Path) -> str | None:
+    """SHA-256 prefix of a file's content; None when it does not exist."""
+    import hashlib
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def stale_reason(old: dict, new: dict) -> str:
     reasons = []
     for sec, h in new["config"].items():
@@ -288,6 +299,9 @@ def stale_reason(old: dict, new: dict) -> str:
             reasons.append(f"upstream {up} changed")
     if old.get("images") != new["images"]:
         reasons.append("image list or labels changed")
+    for f, h in new.get("files", {}).items():
+        if old.get("files", {}).get(f) != h:
+            reasons.append(f"{f} changed")
     return ", ".join(reasons) or "fingerprint changed"
 
 

@@ -9,12 +9,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from wsis.io import write_json
+from wsis.io import read_json, write_json
 from wsis.training import load_checkpoint, poly_lr, save_checkpoint
 
 from .engine import PROGRESS, Job
 
 CHECKPOINT_FILE = "checkpoint.pt"
+LOSS_HISTORY_FILE = "loss_history.json"   # per epoch: mean loss and mean of each logged term
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -60,16 +61,21 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
         start_epoch = ckpt["epoch"] + 1
         print(f"{job.stage}: resuming after epoch {start_epoch} of {epochs}", flush=True)
     progress = job.progress(max_step - start_epoch * steps_per_epoch, unit="iterations")
+    history_path = job.out_dir / LOSS_HISTORY_FILE
+    history = read_json(history_path)[:start_epoch] if history_path.is_file() else []
     model.train()
     for epoch in range(start_epoch, epochs):
         order = epoch_order(seed, epoch, num_samples)
+        sums: dict[str, float] = {}
         for it in range(steps_per_epoch):
             step = epoch * steps_per_epoch + it
             warm = min(1.0, (step + 1) / warmup_iters) if warmup_iters else 1.0
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], step, max_step) * warm
             t0 = time.monotonic()
-            loss, _ = compute_loss(make_batch(order[it * batch:(it + 1) * batch], epoch))
+            loss, logs = compute_loss(make_batch(order[it * batch:(it + 1) * batch], epoch))
+            for key, value in {"loss": loss, **logs}.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach() if hasattr(value, "detach") else value)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -78,6 +84,8 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
             rate = batch / max(time.monotonic() - t0, 1e-9)
             progress.update(1, f"epoch {epoch + 1}/{epochs}, loss {loss.item():.4f}, {rate:.1f} img/s")
         save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch)
+        history.append({"epoch": epoch + 1, **{k: v / max(steps_per_epoch, 1) for k, v in sums.items()}})
+        write_json(history_path, history)
         write_json(job.out_dir / PROGRESS, {"done": epoch + 1, "total": epochs, "unit": "epochs"})
 
 
