@@ -33,7 +33,8 @@ def queue_of(job: Job) -> dict:
     if "train_seg" in inputs and (inputs["train_seg"] / "model.pt").is_file():
         model = ModelAgreement(inputs["train_seg"], job.dataset, job.device)
     return build_queue(job.dataset, job.ids, inputs["ins_seg"], inputs.get("sem_seg"),
-                       job.cfg["ins_seg"]["bg_threshold"], model, job.progress(len(job.ids)))
+                       job.cfg["ins_seg"]["bg_threshold"], model, job.progress(len(job.ids)),
+                       inputs.get("make_cam"), job.cfg["eval_cam"]["bg_threshold"])
 
 
 def _finished_job(pipeline: Pipeline) -> Job:

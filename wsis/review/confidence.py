@@ -9,6 +9,11 @@ Pure functions on arrays. The signals, each in [0, 1], higher = more trustworthy
 - ``semantic``: agreement with the semantic pseudo-label of the same image: the fraction of
   the instance's pixels that sem_seg gives the instance's class; per image, the IoU of the
   instances' class map with sem_seg's over the foreground;
+- ``cam``: the same agreement with the CAM's own label map (CAMs with the constant
+  background score eval_cam.bg_threshold, argmax). The walk spreads the CAM seeds up to
+  IRNet's boundaries; where a boundary is weak it floods past the object, and the flood is
+  where the walked labels leave the CAM's support (sem_seg floods with it, so only this signal
+  sees it: measured on synthetic data, see benchmarks/review_order.py);
 - ``model``: when a model has been trained (train_seg), the IoU of the instance with its
   matched prediction of the same class; per image, the matched IoU summed over pairs and
   divided by the pairs plus every unmatched instance on either side (so a missed object or
@@ -82,18 +87,18 @@ def best_iou_per_instance(pairs, n: int) -> np.ndarray:
     return out
 
 
-def semantic_agreement(masks: np.ndarray, classes, semantic: np.ndarray) -> tuple[np.ndarray, float]:
-    """(per instance: fraction of its pixels sem_seg labels with its class, per image: IoU of
-    the instances' class map with the semantic label map over foreground pixels).
+def label_agreement(masks: np.ndarray, classes, labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """(per instance: fraction of its pixels ``labels`` gives its class, per image: IoU of the
+    instances' class map with ``labels`` over foreground pixels).
 
-    ``semantic`` is sem_seg's map (0 background, c + 1 class c)."""
-    per = np.array([(semantic[m] == c + 1).mean() if m.any() else 0.0 for m, c in zip(masks, classes)],
+    ``labels`` is a label map (0 background, c + 1 class c): sem_seg's, or the CAM's."""
+    per = np.array([(labels[m] == c + 1).mean() if m.any() else 0.0 for m, c in zip(masks, classes)],
                    np.float32)
-    inst_map = np.zeros(semantic.shape, np.int64)
+    inst_map = np.zeros(labels.shape, np.int64)
     for m, c in zip(masks, classes):
         inst_map[m] = c + 1
-    fg = (inst_map > 0) | (semantic > 0)
-    image = 1.0 if not fg.any() else float(((inst_map == semantic) & fg).sum() / fg.sum())
+    fg = (inst_map > 0) | (labels > 0)
+    image = 1.0 if not fg.any() else float(((inst_map == labels) & fg).sum() / fg.sum())
     return per, image
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsis.algorithms.labels import scores_to_label
 from wsis.io import read_label_png, read_npz
 
 from . import confidence as conf
@@ -38,7 +39,8 @@ class ModelAgreement:
 
 
 def build_queue(dataset, ids, ins_dir: Path, sem_dir: Path | None, bg_threshold: float,
-                model: ModelAgreement | None = None, progress=None) -> dict:
+                model: ModelAgreement | None = None, progress=None, cam_dir: Path | None = None,
+                cam_bg_threshold: float = 0.15) -> dict:
     """{"signals": names, "images": [per image, least confident first]}; each image holds its
     id, confidence, image-level signals, instances (index n in the ins_seg map, class, score,
     confidence, signals) and, when the dataset has ground truth, ``gt_quality``: the matched
@@ -52,8 +54,12 @@ def build_queue(dataset, ids, ins_dir: Path, sem_dir: Path | None, bg_threshold:
             signals["margin"] = z["margins"] / max(1.0 - bg_threshold, 1e-6)
         image_signals: dict[str, float] = {}
         if sem_dir is not None:
-            signals["semantic"], image_signals["semantic"] = conf.semantic_agreement(
+            signals["semantic"], image_signals["semantic"] = conf.label_agreement(
                 masks, classes, read_label_png(Path(sem_dir) / f"{image_id}.png"))
+        if cam_dir is not None:
+            c = read_npz(Path(cam_dir) / f"{image_id}.npz")
+            cam_labels = scores_to_label(c["high_res"].astype(np.float32), c["classes"].tolist(), cam_bg_threshold)
+            signals["cam"], image_signals["cam"] = conf.label_agreement(masks, classes, cam_labels)
         if model is not None:
             pm, pc = model.predict(dataset.load_image(image_id))
             pairs = conf.match_instances(masks, classes, pm, pc)
