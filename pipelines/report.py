@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
+from wsis.report.html import metric_items
+
+
 def metrics_table(metrics: dict) -> str:
-    rows = []
-    for stage, per_split in metrics.items():
-        for split, m in per_split.items():
-            if not isinstance(m, dict):
-                continue
-            for key, value in m.items():
-                if isinstance(value, float) and key != "bg_threshold" and not key.endswith("threshold"):
-                    rows.append((stage, split, key, value))
+    rows = [(stage, split, key, value) for stage, split, key, value in metric_items(metrics)
+            if isinstance(value, float) and not key.endswith("threshold")]
     if not rows:
         return ""
     w = [max(len(r[i]) for r in rows + [("stage", "split", "metric", 0)]) for i in range(3)]

@@ -250,7 +250,7 @@ def test_full_review_loop(tiny_data, run_copy, tmp_path):
 
     from wsis.seg_data import CocoInstances
     merged_path = run_copy / "merge_review" / "train.json"
-    data = CocoInstances(merged_path, tiny_data)
+    data = CocoInstances(merged_path, tiny_data / "JPEGImages")   # what train_seg reads
     merged = json.loads(merged_path.read_text())
     pseudo = json.loads((run_copy / "export" / "pseudo_labels.json").read_text())
     names = list(data.class_names)

@@ -17,22 +17,23 @@ table.metrics td.v{text-align:right;font-variant-numeric:tabular-nums}
 .plots img{margin:4px;border:1px solid #ddd;max-width:100%}
 table.gallery{border-collapse:collapse} table.gallery td,table.gallery th{border-top:1px solid #ddd;
 padding:4px;vertical-align:top;font-size:12px} figure{display:inline-block;margin:0 4px 0 0;text-align:center}
-figcaption{font-size:11px;color:#555} .nav a{margin-right:.6em} .low{color:#b03a2e;font-weight:bold}
+figcaption{font-size:11px;color:#555} table.gallery img{height:120px;width:auto;image-rendering:pixelated} .nav a{margin-right:.6em} .low{color:#b03a2e;font-weight:bold}
 """
+
+
+def metric_items(metrics: dict):
+    """(stage, split, key, value) for every number in ``{stage: {split: {key: value}}}``."""
+    for stage, per_split in metrics.items():
+        for split, values in per_split.items():
+            if isinstance(values, dict):
+                for key, v in values.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        yield stage, split, key, v
 
 
 def metric_rows(metrics: dict) -> list[tuple[str, str, str, str]]:
     """(stage, split, key, formatted value) for every number a stage reported."""
-    rows = []
-    for stage, per_split in metrics.items():
-        for split, values in per_split.items():
-            if not isinstance(values, dict):
-                continue
-            for key, v in values.items():
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    continue
-                rows.append((stage, split, key, f"{v:.4f}" if isinstance(v, float) else str(v)))
-    return rows
+    return [(s, sp, k, f"{v:.4f}" if isinstance(v, float) else str(v)) for s, sp, k, v in metric_items(metrics)]
 
 
 def _page(title: str, body: str) -> bytes:
