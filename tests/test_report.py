@@ -91,3 +91,15 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"), np.float32)
     assert pixels.std() > 20                                 # not a blank page
     assert (pixels < 128).mean() > 0.01                      # text, tables and plots drawn
+
+
+def test_training_stages_record_their_loss_per_epoch(tiny_run):
+    import tomllib
+    from conftest import TINY
+    cfg = tomllib.loads(TINY.read_text())
+    for stage, section, terms in [("train_cam", "train_cam", set()), ("train_irn", "train_irn", {"boundary", "displacement"}),
+                                  ("train_seg", "seg", set())]:
+        history = json.loads((tiny_run / stage / "loss_history.json").read_text())
+        assert [h["epoch"] for h in history] == list(range(1, cfg[section]["epochs"] + 1))
+        assert all(np.isfinite(h["loss"]) and h["loss"] > 0 for h in history)
+        assert terms <= set(history[0])
