@@ -87,6 +87,7 @@ class Stage:
     reads_images: bool = True     # its images are checked before the run starts
     ignores: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
+    input_files: tuple[str, ...] = ()   # files under the work dir whose content it depends on
 
     def config_read(self, cfg: dict) -> dict[str, object]:
         """{"section" or "section.key": value} of the config this stage reads."""
@@ -204,6 +205,8 @@ class Pipeline:
                     files[dotted] = self.hashes.get(Path(value).expanduser())
             if files:   # only when a key names a file, so other fingerprints stay as they were
                 components["files"] = files
+            if stage.input_files:
+                components["files"] = {f: file_hash(self.work_dir / f) for f in stage.input_files}
             self._fingerprints[stage.name] = (section_hash(components), components)
         return self._fingerprints[stage.name]
 
@@ -469,6 +472,14 @@ def damaged_outputs(out: Path, recorded: dict, per_image_names: set[str]) -> dic
     return damaged
 
 
+def file_hash(path: Path) -> str | None:
+    """SHA-256 prefix of a file's content; None when it does not exist."""
+    import hashlib
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def stale_reason(old: dict, new: dict) -> str:
     reasons = []
     for sec, h in new["config"].items():
@@ -484,6 +495,9 @@ def stale_reason(old: dict, new: dict) -> str:
             reasons.append(f"upstream {up} changed")
     if old.get("images") != new["images"]:
         reasons.append("image list, labels or files changed")
+    for f, h in new.get("files", {}).items():
+        if old.get("files", {}).get(f) != h:
+            reasons.append(f"{f} changed")
     return ", ".join(reasons) or "fingerprint changed"
 
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+from wsis.report.html import metric_items
+
+
 def metrics_table(metrics: dict) -> str:
-    rows = []
-    for stage, per_split in metrics.items():
-        for split, m in per_split.items():
-            if not isinstance(m, dict):
-                continue
-            for key, value in m.items():
-                is_score = isinstance(value, float) and not key.endswith("threshold")
-                if is_score or key == "scored_on":      # scored_on: eval_seg's held-out or training images
-                    rows.append((stage, split, key, value))
+    rows = [(stage, split, key, value) for stage, split, key, value in metric_items(metrics)
+            # scored_on: whether eval_seg scored held-out or training images
+            if (isinstance(value, float) and not key.endswith("threshold")) or key == "scored_on"]
     if not rows:
         return ""
     w = [max(len(r[i]) for r in rows + [("stage", "split", "metric", 0)]) for i in range(3)]

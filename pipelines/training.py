@@ -11,13 +11,14 @@ import numpy as np
 import torch
 
 from wsis.errors import ConfigError
-from wsis.io import write_json
+from wsis.io import read_json, write_json
 from wsis.training import load_checkpoint, poly_lr, save_checkpoint
 
 from . import distributed
 from .engine import PROGRESS, Job
 
 CHECKPOINT_FILE = "checkpoint.pt"
+LOSS_HISTORY_FILE = "loss_history.json"   # per epoch: mean loss and mean of each logged term
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -168,6 +169,9 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
     batches = [[(epoch, int(i)) for i in epoch_order(seed, epoch, num_samples)[it * batch:(it + 1) * batch]][rank::world]
                for epoch in range(start_epoch, epochs) for it in range(steps_per_epoch)]
     progress = job.progress(len(batches), unit="iterations") if rank == 0 else None
+    history_path = job.out_dir / LOSS_HISTORY_FILE
+    history = read_json(history_path)[:start_epoch] if history_path.is_file() else []
+    sums: dict[str, float] = {}
     model.train()
     t0 = time.monotonic()
     for n, data in enumerate(batch_loader(make_sample, collate, batches, workers, job.device)):
@@ -179,7 +183,7 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
         data = to_device(data, job.device)
         with precision.autocast():
             outputs = forward(net, data)
-        loss, _ = compute_loss(as_float32(outputs), data)
+        loss, logs = compute_loss(as_float32(outputs), data)
         optimizer.zero_grad(set_to_none=True)
         precision.scaler.scale(loss).backward()
         if grad_clip:
@@ -191,14 +195,20 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
             loss = loss.detach().clone()
             torch.distributed.all_reduce(loss)
             loss /= world
+        for key, value in {"loss": loss, **logs}.items():   # logs: this rank's share
+            sums[key] = sums.get(key, 0.0) + float(value.detach() if hasattr(value, "detach") else value)
         rate = batch / max(time.monotonic() - t0, 1e-9)
         t0 = time.monotonic()
         if progress:
             progress.update(1, f"epoch {epoch + 1}/{epochs}, loss {loss.item():.4f}, {rate:.1f} img/s")
-        if it == steps_per_epoch - 1 and rank == 0:
-            save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
-                            scaler=precision.scaler.state_dict() if precision.scaler.is_enabled() else None)
-            write_json(job.out_dir / PROGRESS, {"done": epoch + 1, "total": epochs, "unit": "epochs"})
+        if it == steps_per_epoch - 1:
+            history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}})
+            sums = {}
+            if rank == 0:
+                save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
+                                scaler=precision.scaler.state_dict() if precision.scaler.is_enabled() else None)
+                write_json(history_path, history)
+                write_json(job.out_dir / PROGRESS, {"done": epoch + 1, "total": epochs, "unit": "epochs"})
 
 
 def data_parallel(model: torch.nn.Module, job: Job, find_unused_parameters: bool) -> torch.nn.Module:

@@ -62,7 +62,7 @@ def test_export_loads_with_pycocotools_and_decodes_to_the_pseudo_masks(tiny_data
 def test_metrics_table_and_export_path_are_printed(tiny_data, tiny_run):
     proc = wsis("run", "--stage", "all", *tiny_args(tiny_data, tiny_run))
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert set(metrics) == {"eval_cam", "eval_sem_seg", "eval_ins_seg", "eval_seg"}
+    assert set(metrics) == {"eval_cam", "eval_sem_seg", "eval_ins_seg", "merge_review", "eval_seg", "report"}
     seg = metrics["eval_seg"]["val"]
     assert seg["model"] == "solov2" and seg["images"] == 8
     for key in ("mAP50", "coco_AP", "coco_AP50", "coco_AP75"):

@@ -285,5 +285,73 @@ def predict(checkpoint, images, coco_json, image_dir, out, score_threshold, devi
     click.echo(f"overlays: {out / 'overlays'}")
 
 
+@main.group()
+def review():
+    """The review loop: export the least confident images to a labelling tool, import corrections."""
+
+
+@review.command("export")
+@click.option("--format", "fmt", type=click.Choice(["cvat", "labelstudio", "coco"]), required=True,
+              help="cvat: COCO 1.0 zip with images; labelstudio: tasks JSON + labelling config; coco: plain JSON.")
+@click.option("--top", type=int, default=None, help="Only the N least confident images [default: all].")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output file [default: <work-dir>/review/export/review_<format>.zip|json].")
+@click.option("--image-url-prefix", default="/data/local-files/?d=", show_default=True,
+              help="labelstudio: prefix of data.image before the image's path relative to the dataset's "
+                   "image folder (Label Studio local storage with that folder as document root).")
+@common_options
+@user_errors
+def review_export(fmt, top, out, image_url_prefix, **common):
+    """Write the review queue (least confident first) for CVAT, Label Studio or as COCO."""
+    from pipelines.stages.report import current_queue
+    from .review.formats import export_review, review_items
+    session = Session(**common)
+    pipeline = session.pipeline()
+    if top is not None and top < 1:
+        raise ConfigError("--top must be at least 1")
+    queue = current_queue(pipeline)
+    items = review_items(queue, pipeline.dataset, pipeline.out_dir(pipeline.stages["ins_seg"]), top)
+    suffix = "zip" if fmt == "cvat" else "json"
+    out = out or session.work_dir / "review" / "export" / f"review_{fmt}.{suffix}"
+    paths = export_review(items, pipeline.dataset.class_names, fmt, out, image_url_prefix)
+    n = sum(len(i["instances"]) for i in items)
+    click.echo(f"review queue: {len(items)} images, {n} instances, least confident first "
+               f"(confidence {items[0]['confidence']:.3f} .. {items[-1]['confidence']:.3f})" if items
+               else "review queue: no images")
+    for p in paths:
+        click.echo(f"wrote {p}")
+
+
+@review.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@common_options
+@user_errors
+def review_import(file, **common):
+    """Store corrected annotations (COCO JSON / CVAT zip / Label Studio JSON export) for training."""
+    from pipelines.stages.merge_review import REVIEW_STORE
+    from .review.formats import read_review, store_review
+    session = Session(**common)
+    pipeline = session.pipeline()
+    ds = pipeline.dataset
+    reviewed = read_review(file, ds, ds.ids(session.cfg["data"]["infer_split"]))
+    store = session.work_dir / REVIEW_STORE
+    doc = store_review(reviewed, store, Path(file).resolve())
+    n = sum(len(v[2]) for v in reviewed.values())
+    click.echo(f"imported {len(reviewed)} reviewed images ({n} instances) from {file}; "
+               f"{len(doc['images'])} reviewed images in {store}")
+    click.echo("next: wsis run (merge_review and train_seg re-run on them)")
+
+
+@main.command("report")
+@common_options
+@user_errors
+def report(**common):
+    """Write the HTML report of the finished stages to <work-dir>/report/index.html."""
+    from pipelines.stages.report import report_from_finished
+    session = Session(**common)
+    path = report_from_finished(session.pipeline())
+    click.echo(f"report: {path}")
+
+
 if __name__ == "__main__":
     main()

@@ -44,6 +44,7 @@ def run(job: Job) -> None:
             "all_background_miou": mean_iou(baseline),
             "best_bg_threshold": float(best),
             "best_miou": mean_iou(sweep[best]),
+            "sweep": {f"{t:.2f}": mean_iou(sweep[t]) for t in SWEEP},   # for the report's plot
         }
         print(f"eval_cam [{split}]: CAM mIoU {100 * results[split]['miou']:.1f} at bg {threshold} "
               f"(all-background baseline {100 * results[split]['all_background_miou']:.1f}; "

@@ -8,6 +8,7 @@ from wsis.algorithms.instances import cluster_instances, detections, find_centro
 from wsis.algorithms.labels import upsample_normalised
 from wsis.algorithms.random_walk import random_walk
 from wsis.io import write_npz
+from wsis.review.confidence import instance_margins
 
 from ..engine import Job
 from .sem_seg import irn_outputs
@@ -15,7 +16,8 @@ from .sem_seg import irn_outputs
 
 def process(job: Job, ids: list[str]) -> None:
     """Writes ``<id>.npz``: ``instances`` (H, W) int32 (0 none, n detection n), ``classes``
-    (N,) and ``scores`` (N,). Detections are disjoint (they come from one argmax)."""
+    (N,), ``scores`` (N,) and ``margins`` (N,): how clearly the argmax won on each detection
+    (wsis.review.confidence.instance_margins). Detections are disjoint (one argmax)."""
     c, rw = job.cfg["ins_seg"], job.cfg["random_walk"]
     for image_id in ids:
         image, cams, classes, boundary, displacement = irn_outputs(job, image_id)
@@ -28,4 +30,5 @@ def process(job: Job, ids: list[str]) -> None:
         inst, det_classes, det_scores = detections(scores, classes, n_instances, c["bg_threshold"],
                                                    c["min_area_fraction"])
         write_npz(job.out_dir / f"{image_id}.npz", instances=inst, classes=det_classes,
-                  scores=det_scores.astype(np.float32))
+                  scores=det_scores.astype(np.float32),
+                  margins=instance_margins(scores, inst, c["bg_threshold"]))

@@ -1,5 +1,6 @@
 """Train an instance-segmentation model (SOLOv2, SOLO, YOLACT, CenterMask) on a COCO JSON:
-the exported pseudo-labels by default, or ``seg.train_json`` / ``seg.train_images``."""
+the pseudo-labels with the reviewed images merged in (merge_review) by default, or
+``seg.train_json`` / ``seg.train_images``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from wsis.seg_data import CocoInstances
 from ..engine import Job
 from ..training import finish_training, make_optimizer, run_training
 from . import train_cam
-from .export import EXPORT_FILE
+from .merge_review import MERGED_FILE
 
 MODEL_FILE = "model.pt"
 HEAD_SECTIONS = ("solo", "yolact", "centermask")
@@ -28,7 +29,7 @@ def training_data(job: Job) -> CocoInstances:
         if not s["train_images"]:
             raise ConfigError("seg.train_json is set but seg.train_images is not")
         return CocoInstances(Path(s["train_json"]), Path(s["train_images"]))
-    return CocoInstances(job.inputs["export"] / EXPORT_FILE, job.dataset.image_dir)
+    return CocoInstances(job.inputs["merge_review"] / MERGED_FILE, job.dataset.image_dir)
 
 
 def run(job: Job) -> None:

@@ -1,0 +1,59 @@
+"""Merge reviewed annotations (``wsis review import``) into the training set: a reviewed image
+takes exactly the reviewer's instances, every other image its pseudo-labels. Each annotation
+records its ``source``, "pseudo" or "reviewed"."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wsis.coco import annotation, rle_decode, write_instances
+from wsis.io import read_json, write_json
+from wsis.review.confidence import match_instances
+
+from ..engine import METRICS, Job
+from .export import EXPORT_FILE
+
+REVIEW_STORE = "review/reviewed.json"   # under the work dir; written by `wsis review import`
+MERGED_FILE = "train.json"
+
+
+def run(job: Job) -> None:
+    pseudo = read_json(job.inputs["export"] / EXPORT_FILE)
+    store_path = job.out_dir.parent / REVIEW_STORE
+    reviewed = read_json(store_path)["images"] if store_path.is_file() else {}
+    by_image: dict[int, list[dict]] = {}
+    for a in pseudo["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    anns: list[dict] = []
+    ious, added, removed, kept = [], 0, 0, 0
+    for entry in pseudo["images"]:
+        review = reviewed.get(entry["wsis_id"])
+        if review is None:
+            for a in by_image.get(entry["id"], []):
+                anns.append(dict(a, id=len(anns) + 1, source="pseudo"))
+            continue
+        masks = [rle_decode(r["segmentation"]) for r in review["instances"]]
+        classes = [r["class"] for r in review["instances"]]
+        for m, c in zip(masks, classes):
+            anns.append(dict(annotation(m, c, entry["id"], len(anns) + 1), source="reviewed"))
+        old = by_image.get(entry["id"], [])
+        shape = (-1, entry["height"], entry["width"])
+        old_masks = np.array([rle_decode(a["segmentation"]) for a in old], bool).reshape(shape)
+        pairs = match_instances(old_masks, [a["category_id"] - 1 for a in old],
+                                np.array(masks, bool).reshape(shape), classes)
+        ious += [iou for _, _, iou in pairs]
+        kept += len(pairs)
+        added += len(masks) - len(pairs)
+        removed += len(old) - len(pairs)
+    write_instances(job.out_dir / MERGED_FILE, pseudo["images"], anns, job.dataset.class_names)
+    n_reviewed = sum(e["wsis_id"] in reviewed for e in pseudo["images"])
+    result = {"images": len(pseudo["images"]), "reviewed_images": n_reviewed,
+              "reviewed_annotations": sum(a["source"] == "reviewed" for a in anns),
+              "pseudo_annotations": sum(a["source"] == "pseudo" for a in anns),
+              "instances_matched": kept, "instances_added": added, "instances_removed": removed}
+    if ious:
+        result["mean_iou_pseudo_vs_reviewed"] = float(np.mean(ious))
+    print(f"merge_review: {n_reviewed} reviewed images of {len(pseudo['images'])}; "
+          f"{kept} instances matched (mean IoU {result.get('mean_iou_pseudo_vs_reviewed', float('nan')):.3f}), "
+          f"{added} added, {removed} removed", flush=True)
+    write_json(job.out_dir / METRICS, {job.cfg["data"]["infer_split"]: result})

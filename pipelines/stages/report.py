@@ -1,0 +1,170 @@
+"""The final stage: the review queue and a static HTML report of every finished stage.
+
+``<work-dir>/report/``: ``index.html`` and ``page-N.html`` (metrics, plots, a gallery one
+row per image, least confident first), ``plots/*.png``, ``gallery/*``, ``queue.json`` (the
+review queue, read by ``wsis review export``) and ``metrics.json`` (how well the queue order
+tracks ground truth, when there is ground truth)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from wsis.errors import WsisError
+from wsis.io import read_json, read_label_png, read_npz, write_json
+from wsis.report import gallery, plots
+from wsis.report.html import write_report
+from wsis.review.queue import QUEUE_FILE, ModelAgreement, build_queue, instance_masks, order_figures
+
+from ..engine import MANIFEST, METRICS, Job, Pipeline
+from ..training import LOSS_HISTORY_FILE
+from .export import EXPORT_FILE
+
+TRAINING_STAGES = ("train_cam", "train_irn", "train_seg")
+
+
+def queue_of(job: Job) -> dict:
+    """The review queue from the finished stages in ``job.inputs`` (ins_seg is required)."""
+    inputs = job.inputs
+    if "ins_seg" not in inputs:
+        raise WsisError(f"{job.out_dir.parent}: no finished ins_seg stage; run `wsis run --stage export` first")
+    model = None
+    if "train_seg" in inputs and (inputs["train_seg"] / "model.pt").is_file():
+        model = ModelAgreement(inputs["train_seg"], job.dataset, job.device)
+    return build_queue(job.dataset, job.ids, inputs["ins_seg"], inputs.get("sem_seg"),
+                       job.cfg["ins_seg"]["bg_threshold"], model, job.progress(len(job.ids)),
+                       inputs.get("make_cam"), job.cfg["eval_cam"]["bg_threshold"])
+
+
+def _finished_job(pipeline: Pipeline) -> Job:
+    from wsis.device import resolve_device
+    stage = pipeline.stages["report"]
+    done = {s.name: pipeline.out_dir(s) for s in pipeline.stages.values()
+            if s.name != "report" and pipeline.state(s).status == "done"}
+    return Job("report", pipeline.cfg, pipeline.dataset, pipeline.stage_ids(stage), pipeline.out_dir(stage),
+               done, resolve_device(pipeline.device))
+
+
+def current_queue(pipeline: Pipeline) -> dict:
+    """The report stage's queue when it is up to date, else one computed now from the finished
+    stages."""
+    stage = pipeline.stages["report"]
+    path = pipeline.out_dir(stage) / QUEUE_FILE
+    if pipeline.state(stage).status == "done" and path.is_file():
+        return read_json(path)
+    return queue_of(_finished_job(pipeline))
+
+
+def report_from_finished(pipeline: Pipeline) -> Path:
+    """``wsis report``: the report stage's output when up to date, else a report of whatever
+    stages have finished (the stage recomputes it in the next run)."""
+    stage = pipeline.stages["report"]
+    out = pipeline.out_dir(stage)
+    if pipeline.state(stage).status == "done":
+        return out / "index.html"
+    job = _finished_job(pipeline)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    run(job)
+    return out / "index.html"
+
+
+def _make_plots(job: Job, queue: dict, metrics: dict) -> list[tuple[str, str]]:
+    inputs, out = job.inputs, job.out_dir / "plots"
+    split = job.cfg["data"]["infer_split"]
+    made: list[tuple[Path | None, str]] = []
+    ins = metrics.get("eval_ins_seg", {}).get(split, {})
+    ap50 = ins.get("ap50_per_class", {})
+    made.append((plots.ap_bars({n: ap50[n] for n in job.dataset.class_names if n in ap50}, out / "ap50_per_class.png",
+                               f"pseudo-labels [{split}]: AP per class at IoU 0.5"), "Per-class AP at IoU 0.5"))
+    if "export" in inputs and (inputs.get("eval_ins_seg", out) / "ground_truth_coco.json").is_file():
+        curves = plots.coco_pr_curves(inputs["eval_ins_seg"] / "ground_truth_coco.json",
+                                      read_json(inputs["export"] / EXPORT_FILE)["annotations"])
+        made.append((plots.pr_curves(curves, out / "pr_curves.png", f"pseudo-labels [{split}]: PR at IoU 0.5"),
+                     "Precision-recall curves at IoU 0.5"))
+    sweeps = {s: m["sweep"] for s, m in metrics.get("eval_cam", {}).items() if isinstance(m, dict) and "sweep" in m}
+    made.append((plots.cam_sweep(sweeps, job.cfg["eval_cam"]["bg_threshold"], out / "cam_sweep.png"),
+                 "CAM mIoU against the background threshold"))
+    histories = {s: read_json(inputs[s] / LOSS_HISTORY_FILE) for s in TRAINING_STAGES
+                 if s in inputs and (inputs[s] / LOSS_HISTORY_FILE).is_file()}
+    made.append((plots.loss_curves(histories, out / "loss.png"), "Training loss per epoch"))
+    made.append((plots.histograms([len(e["instances"]) for e in queue["images"]],
+                                  [i["score"] for e in queue["images"] for i in e["instances"]],
+                                  out / "histograms.png"), "Instances per image and instance scores"))
+    if all("gt_quality" in e for e in queue["images"]):
+        made.append((plots.iou_vs_rank([e["gt_quality"] for e in queue["images"]], out / "iou_vs_rank.png"),
+                     "Review order: ground-truth IoU against rank"))
+    return [(str(p.relative_to(job.out_dir)), caption) for p, caption in made if p is not None]
+
+
+def _gallery_row(job: Job, rank: int, entry: dict, irn_dir) -> dict:
+    ds, inputs, size = job.dataset, job.inputs, job.cfg["report"]["thumbnail"]
+    image_id = entry["id"]
+    image = ds.load_image(image_id, original=True)   # the pseudo-masks are at the original size
+    names = ds.class_names
+    cells = []
+
+    def add(rgb, kind: str, caption: str, nearest: bool = False):
+        path = job.out_dir / "gallery" / f"{image_id}_{kind}"
+        w, h = gallery.save_thumb(rgb, path, size, nearest)
+        cells.append((str(path.relative_to(job.out_dir)), w, h, caption))
+
+    add(image, "photo.jpg", "photo")
+    if "make_cam" in inputs:
+        z = read_npz(inputs["make_cam"] / f"{image_id}.npz")
+        # CAMs are at the processing size (data.max_side), the photo at its own
+        under = image if z["high_res"].shape[1:] == image.shape[:2] else ds.load_image(image_id)
+        for k, c in enumerate(z["classes"].tolist()):
+            add(gallery.heatmap(under, z["high_res"][k].astype(np.float32)), f"cam{c}.jpg", f"CAM {names[c]}")
+    if "ir_label" in inputs:
+        add(gallery.label_colours(read_label_png(inputs["ir_label"] / f"{image_id}.png")), "relations.png",
+            "relation labels", nearest=True)
+    if irn_dir is not None:
+        from PIL import Image
+
+        from .irn_infer import read_irn_outputs
+        boundary, _ = read_irn_outputs(irn_dir, image_id)
+        up = np.array(Image.fromarray(boundary.astype(np.float32)).resize(image.shape[1::-1], Image.BILINEAR))
+        add(gallery.grey(up), "boundary.jpg", "boundary map")
+    z = read_npz(inputs["ins_seg"] / f"{image_id}.npz")
+    masks = instance_masks(z)
+    texts = [f"{names[c]} {s:.2f}" for c, s in zip(z["classes"].tolist(), z["scores"].tolist())]
+    add(gallery.instance_overlay(image, masks, z["classes"], texts), "instances.jpg",
+        f"{len(masks)} pseudo-instances")
+    note = f"{len(masks)} instances"
+    if ds.has_masks:
+        gt = ds.instance_gt(image_id)
+        add(gallery.instance_overlay(image, gt.masks, gt.classes, [names[c] for c in gt.classes]), "gt.jpg",
+            "ground truth")
+        note += f", GT IoU {entry['gt_quality']:.2f}"
+    return {"rank": rank, "id": image_id, "confidence": entry["confidence"], "note": note, "cells": cells}
+
+
+def run(job: Job) -> None:
+    c = job.cfg["report"]
+    queue = queue_of(job)
+    write_json(job.out_dir / QUEUE_FILE, queue)
+    metrics = {s: read_json(d / METRICS) for s, d in job.inputs.items() if (d / METRICS).is_file()}
+    split = job.cfg["data"]["infer_split"]
+    figures = order_figures(queue)
+    if figures is not None:
+        metrics["report"] = {split: {"review_order_first10_gt_iou": figures["first_mean_iou"],
+                                     "review_order_last10_gt_iou": figures["last_mean_iou"],
+                                     "review_order_all_gt_iou": figures["all_mean_iou"]}}
+        write_json(job.out_dir / METRICS, {split: metrics["report"][split]})
+        print(f"report: review order - ground-truth IoU of the least confident 10 % "
+              f"{figures['first_mean_iou']:.3f}, of the most confident 10 % {figures['last_mean_iou']:.3f}",
+              flush=True)
+    plot_files = _make_plots(job, queue, metrics)
+    irn_dir = job.inputs.get("irn_infer") if c["boundary"] else None
+    progress = job.progress(len(queue["images"]))
+    rows = []
+    for rank, entry in enumerate(queue["images"], start=1):
+        rows.append(_gallery_row(job, rank, entry, irn_dir))
+        progress.update(1)
+    signals = ", ".join(queue["signals"]) or "none"
+    summary = (f"{len(rows)} images of split '{split}', dataset '{job.dataset.kind}'. Review order: least "
+               f"confident first; confidence from the signals {signals}.")
+    path = write_report(job.out_dir, "wsis report", summary, metrics, plot_files, rows, c["rows_per_page"])
+    print(f"report: {path}", flush=True)

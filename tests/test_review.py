@@ -1,0 +1,280 @@
+"""The review loop: polygons, confidence, export to CVAT / Label Studio / COCO, import, merge."""
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+import zipfile
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from conftest import tiny_args, wsis
+from wsis.data.synthetic import shape_mask
+from wsis.io import read_npz
+from wsis.review.confidence import (first_last_fraction, image_confidence, instance_margins, match_instances,
+                                    matched_quality, review_order, label_agreement)
+from wsis.review.polygons import mask_to_polygons, polygons_to_mask
+
+SHAPES = ("disc", "ring", "square", "triangle", "star", "cross")
+
+
+def iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+@pytest.mark.parametrize("kind", SHAPES)
+def test_polygon_round_trip_keeps_holes_and_parts(kind):
+    for r, angle in [(5, 0.0), (9, 0.4), (17, 1.1), (30, 2.0)]:
+        one = shape_mask(kind, 100, 120, 50.3, 60.7, r, angle)
+        two = one | shape_mask(kind, 100, 120, 18, 20, min(r, 12), 1.0)   # a second, separate part
+        for mask in (one, two):
+            rings = mask_to_polygons(mask)
+            back = polygons_to_mask(rings, 100, 120)
+            assert iou(mask, back) >= 0.95, (kind, r, angle)
+    ring = shape_mask("ring", 100, 120, 50, 60, 30, 0.0)
+    assert not polygons_to_mask(mask_to_polygons(ring), 100, 120)[50, 60]   # the hole stays a hole
+
+
+def test_instance_margins_by_hand():
+    # two channels over a 1x3 strip; background 0.5
+    scores = np.array([[[0.9, 0.6, 0.2]], [[0.1, 0.55, 0.3]]], np.float32)
+    inst = np.array([[1, 1, 0]])
+    # pixel 0: 0.9 - 0.5 = 0.4; pixel 1: 0.6 - 0.55 = 0.05 -> mean 0.225
+    assert np.allclose(instance_margins(scores, inst, 0.5), [0.225])
+
+
+def test_matching_and_quality_by_hand():
+    a = np.zeros((2, 4, 4), bool)
+    a[0, :2, :2] = True        # 4 px
+    a[1, 2:, 2:] = True
+    b = np.zeros((2, 4, 4), bool)
+    b[0, :2, :1] = True        # 2 px inside a[0]: IoU 0.5
+    b[1, 2:, 2:] = True        # same as a[1] but another class
+    pairs = match_instances(a, [0, 1], b, [0, 2])
+    assert pairs == [(0, 0, 0.5)]
+    assert matched_quality(pairs, 2, 2) == pytest.approx(0.5 / 3)
+    assert matched_quality([], 0, 0) == 1.0
+
+
+def test_label_agreement_and_order_by_hand():
+    sem = np.array([[1, 1, 0, 0]], np.uint8)
+    masks = np.array([[[True, True, True, False]]])
+    per, image = label_agreement(masks, [0], sem)
+    assert per[0] == pytest.approx(2 / 3) and image == pytest.approx(2 / 3)
+    assert image_confidence(np.array([0.9, 0.2]), {"semantic": 0.8}) == pytest.approx(0.5)
+    assert image_confidence(np.zeros(0), {"semantic": 1.0}) == 0.0
+    assert review_order({"a": 0.7, "b": 0.1, "c": 0.7}) == ["b", "a", "c"]
+    assert first_last_fraction(list(range(20)), 0.1) == (0.5, 18.5)
+
+
+# ------------------------------------------------------------------- export on a real run
+@pytest.fixture(scope="module")
+def queue(tiny_run):
+    return json.loads((tiny_run / "report" / "queue.json").read_text())
+
+
+def ins_masks(tiny_run, image_id):
+    z = read_npz(tiny_run / "ins_seg" / f"{image_id}.npz")
+    return {n + 1: (z["instances"] == n + 1, int(c)) for n, c in enumerate(z["classes"])}
+
+
+def test_queue_is_sorted_and_covers_the_infer_split(queue):
+    conf = [e["confidence"] for e in queue["images"]]
+    assert conf == sorted(conf) and len(conf) == 16
+    assert {"score", "margin", "semantic", "cam", "model"} <= set(queue["signals"])
+
+
+def test_cvat_zip_loads_with_pycocotools(tiny_data, tiny_run, queue, tmp_path):
+    out = tmp_path / "cvat.zip"
+    wsis("review", "export", "--format", "cvat", "--top", "5", "--out", out, *tiny_args(tiny_data, tiny_run))
+    with zipfile.ZipFile(out) as z:
+        names = set(z.namelist())
+        z.extractall(tmp_path / "x")
+    from pycocotools.coco import COCO
+    coco = COCO(str(tmp_path / "x" / "annotations" / "instances_default.json"))
+    images = sorted(coco.dataset["images"], key=lambda im: im["id"])
+    assert [im["wsis_id"] for im in images] == [e["id"] for e in queue["images"][:5]]
+    for im in images:
+        assert f"images/{im['file_name']}" in names
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=im["id"]))
+        truth = ins_masks(tiny_run, im["wsis_id"])
+        assert len(anns) == sum(m.any() for m, _ in truth.values())
+        for ann in anns:
+            assert isinstance(ann["segmentation"], list)          # CVAT edits polygons
+            m = coco.annToMask(ann).astype(bool)
+            best = max(iou(m, t) for t, c in truth.values() if c == ann["category_id"] - 1)
+            assert best >= 0.95
+
+
+def test_labelstudio_tasks_have_the_documented_fields(tiny_data, tiny_run, queue, tmp_path):
+    out = tmp_path / "ls.json"
+    wsis("review", "export", "--format", "labelstudio", "--out", out, *tiny_args(tiny_data, tiny_run))
+    tasks = json.loads(out.read_text())
+    config = ET.parse(tmp_path / "ls_config.xml").getroot()
+    poly = config.find("PolygonLabels")
+    image_tag = config.find("Image")
+    labels = [lab.get("value") for lab in poly.findall("Label")]
+    assert labels == ["disc", "square", "triangle", "star", "cross"]
+    assert image_tag.get("value") == "$image" and poly.get("toName") == image_tag.get("name")
+    assert [t["data"]["wsis_id"] for t in tasks] == [e["id"] for e in queue["images"]]
+    n_regions = 0
+    for task, entry in zip(tasks, queue["images"]):
+        assert task["data"]["image"].endswith(f"{entry['id']}.jpg")
+        (pred,) = task["predictions"]
+        assert pred["score"] == pytest.approx(entry["confidence"])
+        truth = ins_masks(tiny_run, entry["id"])
+        for region in pred["result"]:
+            n_regions += 1
+            assert region["type"] == "polygonlabels"
+            assert region["from_name"] == poly.get("name") and region["to_name"] == image_tag.get("name")
+            h, w = truth[1][0].shape
+            assert (region["original_width"], region["original_height"]) == (w, h)
+            pts = np.array(region["value"]["points"])
+            assert pts.shape[1] == 2 and (pts >= 0).all() and (pts <= 100).all()
+            assert region["value"]["polygonlabels"][0] in labels
+            assert 0.0 <= region["score"] <= 1.0
+            n = int(region["id"][4:].split("_")[0])
+            mask = polygons_to_mask([(pts * [w / 100, h / 100]).ravel().tolist()], h, w)
+            assert iou(mask, truth[n][0]) >= 0.95
+    assert n_regions > 0
+
+
+def test_coco_export_is_exact_rle(tiny_data, tiny_run, queue, tmp_path):
+    out = tmp_path / "sub.json"
+    wsis("review", "export", "--format", "coco", "--top", "3", "--out", out, *tiny_args(tiny_data, tiny_run))
+    doc = json.loads(out.read_text())
+    assert [im["wsis_id"] for im in doc["images"]] == [e["id"] for e in queue["images"][:3]]
+    for ann in doc["annotations"]:
+        im = doc["images"][ann["image_id"] - 1]
+        m = mask_utils.decode(ann["segmentation"]).astype(bool)
+        assert any(np.array_equal(m, t) for t, _ in ins_masks(tiny_run, im["wsis_id"]).values())
+
+
+# --------------------------------------------------------------------------- import errors
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    dst = tmp_path / "work"
+    shutil.copytree(tiny_run, dst)
+    return dst
+
+
+def import_error(tiny_data, work, doc, tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    proc = wsis("review", "import", path, *tiny_args(tiny_data, work), check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_bad_review_files_name_the_entry(tiny_data, run_copy, tmp_path):
+    out = tmp_path / "sub.json"
+    wsis("review", "export", "--format", "cvat", "--top", "2", "--out", tmp_path / "c.zip",
+         *tiny_args(tiny_data, run_copy))
+    good = json.loads(zipfile.ZipFile(tmp_path / "c.zip").read("annotations/instances_default.json"))
+    good["annotations"].append({"id": 99, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                                "segmentation": [[1, 1, 10, 1, 10, 10]]})
+    doc = json.loads(json.dumps(good))
+    doc["images"][0]["file_name"] = "JPEGImages/nope.jpg"
+    assert "image 1: unknown image 'JPEGImages/nope.jpg'" in import_error(tiny_data, run_copy, doc, tmp_path)
+    doc = json.loads(json.dumps(good))
+    doc["categories"].append({"id": 7, "name": "dog"})
+    assert "unknown category 'dog'" in import_error(tiny_data, run_copy, doc, tmp_path)
+    doc = json.loads(json.dumps(good))
+    doc["annotations"][-1]["segmentation"] = [[1, 1, 10, 1]]
+    assert "annotation 99: invalid polygon" in import_error(tiny_data, run_copy, doc, tmp_path)
+    doc = json.loads(json.dumps(good))
+    doc["annotations"][-1]["image_id"] = 42
+    assert "annotation 99: unknown image_id 42" in import_error(tiny_data, run_copy, doc, tmp_path)
+    assert not (run_copy / "review" / "reviewed.json").exists()      # nothing stored from bad files
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- full loop
+def rasterise(points_percent, w, h):
+    ring = (np.asarray(points_percent) * [w / 100, h / 100]).ravel().tolist()
+    rle = mask_utils.frPyObjects([ring], h, w)
+    return mask_utils.decode(mask_utils.merge(rle)).astype(bool)
+
+
+def test_full_review_loop(tiny_data, run_copy, tmp_path):
+    """Export the least confident images for Label Studio, edit them as a reviewer would
+    (delete an instance, fix a mask, add one), import: the training input (merge_review's
+    file, read as train_seg reads it) holds exactly the corrected masks on those images and
+    the pseudo-labels on the others. (The tiny run has 16 images, so the top 6, not 20.)"""
+    top = 6
+    out = tmp_path / "ls.json"
+    wsis("review", "export", "--format", "labelstudio", "--top", top, "--out", out, *tiny_args(tiny_data, run_copy))
+    tasks = json.loads(out.read_text())
+    expected = {}           # wsis id -> list of (mask, class name)
+    edits = {"deleted": 0, "fixed": 0, "added": 0}
+    from PIL import Image
+    with_regions = [t for t, task in enumerate(tasks) if task["predictions"][0]["result"]]
+    delete_at, fix_at = with_regions[:2]
+    add_at = next(t for t in range(len(tasks)) if t not in (delete_at, fix_at))
+    for t, task in enumerate(tasks):
+        regions = task["predictions"][0]["result"]
+        with Image.open(tiny_data / "JPEGImages" / f"{task['data']['wsis_id']}.jpg") as im:
+            w, h = im.size
+        if t == delete_at:                           # delete one instance (all its parts)
+            gone = regions[0]["id"].split("_")[0]
+            regions = [r for r in regions if r["id"].split("_")[0] != gone]
+            edits["deleted"] += 1
+        if t == fix_at:                              # fix a mask: the reviewer redraws it as a box
+            regions[0]["value"]["points"] = [[10, 10], [60, 10], [60, 70], [10, 70]]
+            edits["fixed"] += 1
+        if t == add_at:                              # add a missed object
+            regions = regions + [{"id": "Xk3v9", "type": "polygonlabels", "from_name": "label", "to_name": "image",
+                                  "original_width": w, "original_height": h,
+                                  "value": {"points": [[70, 70], [95, 70], [82, 95]], "polygonlabels": ["star"]}}]
+            edits["added"] += 1
+        task["annotations"] = [{"id": t + 1, "result": regions, "was_cancelled": False}]
+        # regions wsis<n>_<part> are parts of instance n; any other region is an instance of its own
+        instances = {}
+        for r in regions:
+            key = r["id"].split("_")[0]
+            m, name = instances.get(key, (np.zeros((h, w), bool), r["value"]["polygonlabels"][0]))
+            instances[key] = (m | rasterise(r["value"]["points"], w, h), name)
+        expected[task["data"]["wsis_id"]] = [v for v in instances.values() if v[0].any()]
+    assert edits == {"deleted": 1, "fixed": 1, "added": 1}
+    edited = tmp_path / "ls_export.json"
+    edited.write_text(json.dumps(tasks))
+
+    wsis("review", "import", edited, *tiny_args(tiny_data, run_copy))
+    status = wsis("status", *tiny_args(tiny_data, run_copy)).stdout
+    assert "merge_review stale (review/reviewed.json changed)" in status
+    assert "train_seg    stale (upstream merge_review changed)" in status
+    wsis("run", "--stage", "merge_review", *tiny_args(tiny_data, run_copy))
+
+    from wsis.seg_data import CocoInstances
+    merged_path = run_copy / "merge_review" / "train.json"
+    data = CocoInstances(merged_path, tiny_data / "JPEGImages")   # what train_seg reads
+    merged = json.loads(merged_path.read_text())
+    pseudo = json.loads((run_copy / "export" / "pseudo_labels.json").read_text())
+    names = list(data.class_names)
+    by_file = {im["file_name"]: im for im in merged["images"]}
+    assert len(by_file) == 16
+    for k, image_key in enumerate(data.ids):
+        gt = data.dataset.instance_gt(image_key)
+        entry = by_file[data.dataset.files[image_key]]
+        anns = [a for a in merged["annotations"] if a["image_id"] == entry["id"]]
+        if entry["wsis_id"] in expected:
+            want = expected[entry["wsis_id"]]
+            assert {a["source"] for a in anns} <= {"reviewed"}
+            assert len(gt.masks) == len(want)
+            for (m, name), got, cls in zip(want, gt.masks, gt.classes):
+                assert np.array_equal(m, got) and names[cls] == name
+        else:
+            want = [(mask_utils.decode(a["segmentation"]).astype(bool), a["category_id"])
+                    for a in pseudo["annotations"] if a["image_id"] == entry["id"]]
+            assert {a["source"] for a in anns} <= {"pseudo"}
+            assert len(gt.masks) == len(want)
+            for (m, cat), got, cls in zip(want, gt.masks, gt.classes):
+                assert np.array_equal(m, got) and cls == cat - 1
+    metrics = json.loads((run_copy / "merge_review" / "metrics.json").read_text())["train"]
+    assert metrics["reviewed_images"] == top
+    assert metrics["instances_removed"] >= 1 and metrics["instances_added"] >= 1
+    # unchanged polygons round-trip exactly, so only the fixed mask lowers the mean IoU
+    assert 0.0 < metrics["mean_iou_pseudo_vs_reviewed"] < 1.0
