@@ -84,6 +84,7 @@ class Stage:
     output_name: str = "{id}.npz"
     needs_masks: bool = False     # evaluation: skipped on datasets without masks
     data_parallel: bool = False   # a training stage that ``--gpus N`` runs in N processes
+    resource: str = "cpu"         # per-image stages: "gpu" runs a network on --device, "cpu" does not
     reads_images: bool = True     # its images are checked before the run starts
     ignores: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
@@ -554,10 +555,18 @@ class ContentHashes:
 
 def _run_chunk(fn, job: Job, ids: list[str]):
     """One Dask task. A WsisError (bad input) comes back as a value, so that the task's
-    retries are spent only on unexpected failures."""
+    retries are spent only on unexpected failures. A CUDA task is pinned to the GPU of its
+    worker: worker k of a local GPU cluster uses GPU k (a dask-cuda worker sees one GPU)."""
     if job.torch_threads:
         import torch
         torch.set_num_threads(job.torch_threads)
+    if job.device == "cuda":
+        import torch
+        from distributed import get_worker
+        name = get_worker().name
+        gpu = (name if isinstance(name, int) else 0) % max(torch.cuda.device_count(), 1)
+        torch.cuda.set_device(gpu)
+        job = dataclasses.replace(job, device=f"cuda:{gpu}")
     try:
         fn(job, ids)
     except WsisError as e:
@@ -614,6 +623,12 @@ class DaskRunner:
     def __init__(self, scheduler: str | None, workers: int, device: str):
         self.scheduler, self.workers, self.device = scheduler, workers, device
         self.client = self.cluster = None
+        self.gpu_client = self.gpu_cluster = None   # local: one worker per GPU, for "gpu" stages
+
+    def task_kind(self, stage: Stage) -> str:
+        """"gpu" for a stage that runs a network when --device is cuda; everything else
+        (the CRF, the walk, synthesis, and networks on the CPU) is "cpu" work."""
+        return "gpu" if stage.resource == "gpu" and self.device == "cuda" else "cpu"
 
     def connect_scheduler(self) -> None:
         """Connect to ``--scheduler`` now. The handshake runs in a thread with a wall-clock
@@ -652,8 +667,8 @@ class DaskRunner:
                 return self.client
             import dask
             from distributed import Client, LocalCluster
-            n = self.local_workers()
-            env = self.WORKER_ENV if self.device != "cuda" else {}
+            n = self.local_workers("cpu")
+            env = self.WORKER_ENV
             # distributed sets MALLOC_TRIM_THRESHOLD_=65536 in workers; with PyTorch's
             # allocation pattern that doubles per-image time (measured), so unset it.
             unset = {f"distributed.nanny.pre-spawn-environ.{k}": None
@@ -668,12 +683,37 @@ class DaskRunner:
             self.client = Client(self.cluster)
         return self.client
 
-    def local_workers(self) -> int:
+    def local_workers(self, kind: str = "cpu") -> int:
+        """CPU work: ``--workers`` or one single-threaded worker per core, whatever --device
+        says; GPU work: one worker per visible GPU."""
+        if kind == "gpu":
+            import torch
+            return max(1, torch.cuda.device_count())
         if self.workers > 0:
             return self.workers
-        if self.device == "cuda":
-            return 1  # one process owns the GPU
         return max(1, os.cpu_count() or 1)
+
+    def _gpu_client(self):
+        """A local cluster of one worker per GPU: dask-cuda's LocalCUDACluster (each worker
+        pinned to its GPU by CUDA_VISIBLE_DEVICES) when it is installed, else plain workers
+        that ``_run_chunk`` pins by worker number. With --scheduler: the same client, and the
+        tasks ask for the workers' "GPU" resource."""
+        if self.scheduler:
+            return self._client()
+        if self.gpu_client is None:
+            from distributed import Client
+            n = self.local_workers("gpu")
+            try:
+                from dask_cuda import LocalCUDACluster
+                self.gpu_cluster = LocalCUDACluster(n_workers=n, threads_per_worker=1, dashboard_address=None)
+            except ImportError:
+                from distributed import LocalCluster
+                self.gpu_cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                dashboard_address=None, silence_logs=logging.ERROR,
+                                                scheduler_kwargs={"dashboard_address": ":0"})
+            quiet_distributed_logs()
+            self.gpu_client = Client(self.gpu_cluster)
+        return self.gpu_client
 
     def map(self, stage: Stage, job: Job, ids: list[str]) -> None:
         """Run ``stage``'s per-image function over ``ids`` in chunks. Each task carries its
@@ -682,13 +722,18 @@ class DaskRunner:
         if not ids:
             return
         from distributed import as_completed
-        client = self._client()
+        kind = self.task_kind(stage)
+        client = self._gpu_client() if kind == "gpu" else self._client()
+        if kind == "cpu":
+            job = dataclasses.replace(job, device="cpu")
         if not self.scheduler:
-            job.torch_threads = 1 if self.device != "cuda" else None
+            job.torch_threads = 1 if kind == "cpu" else None
         chunk = max(1, int(job.cfg["run"]["chunk_size"]))
         chunks = [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
         fn = stage.function("per_image")
-        futures = [client.submit(_run_chunk, fn, task_job(job, c), c, pure=False, retries=self.TASK_RETRIES)
+        resources = {"GPU": 1} if kind == "gpu" and self.scheduler else None
+        futures = [client.submit(_run_chunk, fn, task_job(job, c), c, pure=False, retries=self.TASK_RETRIES,
+                                 resources=resources)
                    for c in chunks]
         progress = Progress(stage.name, len(ids))
         try:
@@ -710,12 +755,11 @@ class DaskRunner:
     def close(self) -> None:
         _WorkerDeathFilter.closing = True    # the workers we stop are not news
         try:
-            if self.client is not None:
-                self.client.close()
-            if self.cluster is not None:
-                self.cluster.close()
+            for closable in (self.client, self.cluster, self.gpu_client, self.gpu_cluster):
+                if closable is not None:
+                    closable.close()
         finally:
-            self.client = self.cluster = None
+            self.client = self.cluster = self.gpu_client = self.gpu_cluster = None
             _WorkerDeathFilter.closing = False
 
 
