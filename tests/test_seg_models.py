@@ -94,3 +94,25 @@ def test_an_image_without_instances_gives_finite_losses(name):
     pred = predict_image(model, samples[1][0], SIZE)
     assert pred["masks"].shape[1:] == samples[1][0].shape[:2]
     assert len(pred["masks"]) == len(pred["labels"]) == len(pred["scores"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_targets_prepared_where_batches_are_made_give_the_same_losses(name):
+    """prepare_target runs in DataLoader workers; the loss must not depend on where the
+    assignment was computed."""
+    torch.manual_seed(0)
+    model = make_model(name).train()
+    x, targets = batch(two_images())
+    out = model(x)
+    prepared = [model.prepare_target(t, SIZE) for t in targets]
+    assert any(k not in targets[0] for k in prepared[0])
+    # the prepared targets fit this input's outputs, so the loss uses them
+    if name == "yolact":
+        assert len(prepared[0]["state"]) == len(out["anchors"])
+    if name == "centermask":
+        assert prepared[0]["centre_targets"]["heat"].shape[-2:] == out["heat"].shape[-2:]
+    on_the_fly = model.loss(out, targets)
+    from_workers = model.loss(out, prepared)
+    assert on_the_fly.keys() == from_workers.keys()
+    for k in on_the_fly:
+        torch.testing.assert_close(on_the_fly[k], from_workers[k], rtol=0, atol=0)

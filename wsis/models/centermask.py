@@ -103,12 +103,21 @@ class CenterMask(nn.Module):
     def _saliency(self, out, b, c):
         return out["saliency"][b, c if self.class_saliency else 0]
 
+    def prepare_target(self, target: dict, input_size: int) -> dict:
+        """``target`` with its heatmap, centres, offsets and sizes on the stride-4 grid
+        (ceil(input_size / 4) cells a side), built on the CPU where batches are made."""
+        grid = (math.ceil(input_size / 4),) * 2
+        return {**target, "centre_targets": centermask_targets(target["boxes"], target["labels"],
+                                                               self.num_classes, grid)}
+
     def loss(self, out: dict, targets: list[dict]) -> dict:
         h, w = out["heat"].shape[-2:]
         heat = off = size = mask = out["heat"].sum() * 0.0
         n_obj, n_mask = 0, 0
         for b, t in enumerate(targets):
-            tg = centermask_targets(t["boxes"].cpu(), t["labels"].cpu(), self.num_classes, (h, w))
+            tg = t.get("centre_targets")
+            if tg is None or tg["heat"].shape[-2:] != (h, w):
+                tg = centermask_targets(t["boxes"].cpu(), t["labels"].cpu(), self.num_classes, (h, w))
             heat = heat + focal_heatmap_loss(out["heat"][b], tg["heat"].to(out["heat"].device))
             if not len(tg["centres"]):
                 continue

@@ -147,11 +147,18 @@ class SOLO(nn.Module):
         return out["mask"][level][b][cells]
 
     # -------------------------------------------------------------------- loss
+    def prepare_target(self, target: dict, input_size: int) -> dict:
+        """``target`` with its grid assignment (per level: cell classes, positive cells and the
+        instance of each), built on the CPU where batches are made (DataLoader workers), so
+        that the training step does only tensor maths on the device."""
+        return {**target, "assignment": solo_targets(target["masks"], target["labels"], target["boxes"],
+                                                     self.grids, self.scale_ranges, self.sigma)}
+
     def loss(self, out: dict, targets: list[dict]) -> dict:
         cate_logits, cate_targets, dice_terms = [], [], []
         for b, t in enumerate(targets):
-            per_level = solo_targets(t["masks"].cpu(), t["labels"].cpu(), t["boxes"].cpu(), self.grids,
-                                     self.scale_ranges, self.sigma)
+            per_level = t.get("assignment") or solo_targets(t["masks"].cpu(), t["labels"].cpu(), t["boxes"].cpu(),
+                                                            self.grids, self.scale_ranges, self.sigma)
             for lvl, (cate, cells, owner) in enumerate(per_level):
                 cate_logits.append(out["cate"][lvl][b].flatten(1).T)            # (S*S, C)
                 cate_targets.append(cate.flatten().to(out["cate"][lvl].device))

@@ -16,6 +16,9 @@ from .instance_common import downsample_masks, paste_masks
 VARIANCES = (0.1, 0.2)   # SSD box encoding
 
 
+LEVEL_STRIDES = (8, 16, 32, 64, 128)   # P3-P7
+
+
 def make_anchors(feature_sizes, input_size: int, scales, ratios) -> torch.Tensor:
     """(N, 4) anchors (cx, cy, w, h) in pixels: per level, per cell (row-major), per ratio
     (w / h = ratio, w * h = scale^2), matching the head's output layout."""
@@ -114,6 +117,15 @@ class YOLACT(nn.Module):
                 "proto": self.protonet(feats[0]).permute(0, 2, 3, 1), "seg": self.semantic(feats[0]),
                 "anchors": self.anchors(feats, images.shape[-1], images.device), "size": images.shape[-1]}
 
+    def prepare_target(self, target: dict, input_size: int) -> dict:
+        """``target`` with its anchor matching, built on the CPU where batches are made
+        (DataLoader workers). The anchors of a square input follow from its size: level k
+        (stride 8 * 2^k) is ceil(input_size / stride) cells a side."""
+        sizes = [(math.ceil(input_size / s),) * 2 for s in LEVEL_STRIDES]
+        anchors = make_anchors(sizes, input_size, self.scales, self.ratios)
+        matched, state = match_anchors(anchors, target["boxes"])
+        return {**target, "matched": matched, "state": state}
+
     def loss(self, out: dict, targets: list[dict]) -> dict:
         anchors = out["anchors"]
         box_loss = cls_loss = mask_loss = sem_loss = out["box"].sum() * 0.0
@@ -122,8 +134,11 @@ class YOLACT(nn.Module):
         scale = ph / out["size"]
         for b, t in enumerate(targets):
             gt_boxes, gt_labels, gt_masks = t["boxes"], t["labels"], t["masks"]
-            matched, state = match_anchors(anchors.cpu(), gt_boxes.cpu())
-            matched, state = matched.to(anchors.device), state.to(anchors.device)
+            if "state" in t and len(t["state"]) == len(anchors):
+                matched, state = t["matched"], t["state"]
+            else:
+                matched, state = match_anchors(anchors.cpu(), gt_boxes.cpu())
+                matched, state = matched.to(anchors.device), state.to(anchors.device)
             pos = torch.nonzero(state == 1).flatten()
             num_pos += len(pos)
             if len(pos):
