@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from wsis.errors import ConfigError
-from wsis.models.backbone import ResNetStages
+from wsis.models.backbone import LOAD_LATER, ResNetStages
 from wsis.models.cam import CAMNet, multiscale_cam
 
 
 def test_backbone_strides_and_freezing():
-    net = ResNetStages(18, freeze_bn=True, frozen_stages=2)
+    net = ResNetStages(18, LOAD_LATER, freeze_bn=True, frozen_stages=2)   # random weights would unfreeze
     feats = net(torch.zeros(1, 3, 64, 96))
     # strides 4, 4, 8, 16, 16
     assert [f.shape[-2:] for f in feats] == [(16, 24), (16, 24), (8, 12), (4, 6), (4, 6)]
