@@ -12,7 +12,8 @@ from pycocotools import mask as mask_utils
 from conftest import tiny_args, wsis
 from wsis.data.synthetic import shape_mask
 from wsis.io import read_npz
-from wsis.review.confidence import (first_last_fraction, image_confidence, instance_margins, match_instances,
+from wsis.review.confidence import (first_last_fraction, image_confidence, instance_confidence, instance_margins,
+                                    match_instances,
                                     matched_quality, review_order, label_agreement)
 from wsis.review.polygons import mask_to_polygons, polygons_to_mask
 
@@ -278,3 +279,23 @@ def test_full_review_loop(tiny_data, run_copy, tmp_path):
     assert metrics["instances_removed"] >= 1 and metrics["instances_added"] >= 1
     # unchanged polygons round-trip exactly, so only the fixed mask lowers the mean IoU
     assert 0.0 < metrics["mean_iou_pseudo_vs_reviewed"] < 1.0
+
+
+def test_a_walk_flood_past_the_cam_ranks_first():
+    """The failure the CAM signal is for: an instance that floods the image ranks before a
+    tight one, though both have the top score and sem_seg floods with them."""
+    cam = np.zeros((40, 40), np.uint8)
+    cam[10:20, 10:20] = 1                         # the CAM's support of class 0
+    tight = cam[None] == 1
+    flood = np.ones((1, 40, 40), bool)
+    conf = {}
+    for name, masks in (("tight", tight), ("flood", flood)):
+        sem = masks[0].astype(np.uint8)           # sem_seg agrees with the instances either way
+        sem_per, sem_img = label_agreement(masks, [0], sem)
+        cam_per, cam_img = label_agreement(masks, [0], cam)
+        inst = instance_confidence({"score": np.ones(1), "semantic": sem_per, "cam": cam_per})
+        conf[name] = image_confidence(inst, {"semantic": sem_img, "cam": cam_img})
+    # flood: instance (score 1, semantic 1, cam 100/1600) -> 0.6875; image: mean(0.6875, 1, 0.0625)
+    assert conf["flood"] == pytest.approx((0.6875 + 1 + 0.0625) / 3)
+    assert conf["tight"] == pytest.approx(1.0)
+    assert review_order(conf) == ["flood", "tight"]

@@ -53,7 +53,7 @@ def run(job: Job) -> None:
               "instances_matched": kept, "instances_added": added, "instances_removed": removed}
     if ious:
         result["mean_iou_pseudo_vs_reviewed"] = float(np.mean(ious))
-    print(f"merge_review: {n_reviewed} reviewed images of {len(pseudo['images'])}; "
-          f"{kept} instances matched (mean IoU {result.get('mean_iou_pseudo_vs_reviewed', float('nan')):.3f}), "
+    mean = f" (mean IoU {result['mean_iou_pseudo_vs_reviewed']:.3f})" if ious else ""
+    print(f"merge_review: {n_reviewed} reviewed images of {len(pseudo['images'])}; {kept} instances matched{mean}, "
           f"{added} added, {removed} removed", flush=True)
     write_json(job.out_dir / METRICS, {job.cfg["data"]["infer_split"]: result})
