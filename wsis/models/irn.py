@@ -12,6 +12,7 @@ from ..algorithms.path_index import path_index
 from .backbone import ResNetStages, normalize
 
 IGNORE = 255
+IGNORED, BG_POS, FG_POS, NEG = 0, 1, 2, 3   # kinds of pairs in the IRNet losses
 
 
 def conv_gn_relu(cin: int, cout: int, groups: int) -> nn.Sequential:
@@ -94,30 +95,45 @@ def irn_losses(boundary_logits: torch.Tensor, displacement: torch.Tensor, labels
     boundary loss = (pos + neg) / 2, pos = (mean -log a over bg-pos + same over fg-pos) / 2,
     neg = mean -log(1 - a) over negatives; displacement: fg-pos |D(i) - D(j) - (x_j - x_i)|_1,
     bg-pos |D(i) - D(j)|_1, each averaged over pairs and both coordinates.
+
+    The pairs are sorted into four kinds (ignored, bg-positive, fg-positive, negative) once,
+    and each loss is one full-size elementwise pass summed per kind with ``scatter_add``: one
+    log over every pair (of a or of 1 - a, by kind) and one |difference| pass, instead of a
+    mask multiplied over every (pair, direction) for each term.
     """
     boundary = torch.sigmoid(boundary_logits[:, 0])
     aff = 1.0 - path_max(boundary, radius)                           # (B, D, hs, ws)
-    src, dst = shifted_targets(labels, radius)
+    src, dst = shifted_targets(labels.to(torch.uint8), radius)      # labels are 0..C and 255
     src = src.unsqueeze(1)
-    valid = (src < IGNORE) & (dst < IGNORE)
-    bg_pos = (valid & (src == 0) & (dst == 0)).float()
-    fg_pos = (valid & (src == dst) & (src > 0)).float()
-    neg = (valid & (src != dst)).float()
+    valid = (src != IGNORE) & (dst != IGNORE)
+    differ = src != dst
+    # bg-positive 1, fg-positive 2 (equal and > 0), negative 3, ignored 0
+    kind = valid * (differ * NEG + ~differ * (BG_POS + (src > 0)))
+    kind = kind.flatten().long()
+    counts = torch.bincount(kind, minlength=4).to(aff.dtype) + 1e-5
 
-    def mean_over(loss, mask):
-        return (loss * mask).sum() / (mask.sum() + 1e-5)
+    def mean_per_kind(values: torch.Tensor) -> torch.Tensor:
+        """(4,) mean of ``values`` (one per pair) over the pairs of each kind."""
+        return torch.zeros(4, dtype=values.dtype, device=values.device).scatter_add(0, kind, values.flatten()) / counts
 
-    pos_loss = -torch.log(aff + 1e-5)
-    bg_pos_loss = mean_over(pos_loss, bg_pos)
-    fg_pos_loss = mean_over(pos_loss, fg_pos)
-    neg_loss = mean_over(-torch.log(1.0 + 1e-5 - aff), neg)
+    is_neg = (kind == NEG).view_as(aff)
+    affinity_loss = -mean_per_kind(torch.log(torch.where(is_neg, (1.0 + 1e-5) - aff, aff + 1e-5)))
+    bg_pos_loss, fg_pos_loss, neg_loss = affinity_loss[BG_POS], affinity_loss[FG_POS], affinity_loss[NEG]
 
-    d_src, d_dst = shifted_targets(displacement, radius)             # (B,2,hs,ws), (B,2,D,hs,ws)
-    diff = d_src.unsqueeze(2) - d_dst                                # D(i) - D(j)
-    dirs = torch.as_tensor(path_index(radius).directions, dtype=diff.dtype, device=diff.device)
-    offset = dirs.T.reshape(1, 2, -1, 1, 1)                          # x_j - x_i
-    dp_fg = mean_over(torch.abs(diff - offset), fg_pos.unsqueeze(1)) / 2
-    dp_bg = mean_over(torch.abs(diff), bg_pos.unsqueeze(1)) / 2
+    # |D(i) - D(j) - (x_j - x_i)| for fg-positive pairs, |D(i) - D(j)| for the others, summed
+    # over the two coordinates; direction by direction, so no (B, 2, D, hs, ws) copy is made
+    m, hs, ws = path_index(radius).margin, aff.shape[-2], aff.shape[-1]
+    fg = (kind == FG_POS).view_as(aff).to(displacement.dtype)
+    d_src = displacement[..., :hs, m:m + ws]
+
+    def coordinate_error(c: int, k: int, dy: int, dx: int, step: int) -> torch.Tensor:
+        diff = d_src[:, c] - displacement[:, c, dy:dy + hs, m + dx:m + dx + ws]
+        return torch.abs(torch.sub(diff, fg[:, k], alpha=step) if step else diff)   # one fused kernel
+
+    error = torch.stack([coordinate_error(0, k, dy, dx, dy) + coordinate_error(1, k, dy, dx, dx)
+                         for k, (dy, dx) in enumerate(path_index(radius).directions.tolist())], dim=1)
+    dp = mean_per_kind(error)
+    dp_fg, dp_bg = dp[FG_POS] / 2, dp[BG_POS] / 2
     pos = (bg_pos_loss + fg_pos_loss) / 2
     return {"boundary": (pos + neg_loss) / 2, "displacement": (dp_fg + dp_bg) / 2,
             "bg_pos": bg_pos_loss, "fg_pos": fg_pos_loss, "neg": neg_loss, "dp_fg": dp_fg, "dp_bg": dp_bg}
