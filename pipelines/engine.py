@@ -133,6 +133,7 @@ class Pipeline:
     _states: dict[str, StageState] = field(default_factory=dict)
     _hashes: "ContentHashes | None" = None
     _running: Stage | None = None
+    _forced: frozenset = frozenset()
 
     @property
     def hashes(self) -> "ContentHashes":
@@ -255,10 +256,11 @@ class Pipeline:
     def run(self, target: str, force: bool = False) -> list[str]:
         """Run ``target`` after whatever it needs; returns the names of the stages computed."""
         plan = self.order(target)
+        self._forced = frozenset(s.name for s in plan if force and target in (s.name, "all"))
         todo = []
         for stage in plan:
             st = self.state(stage)
-            if st.status in ("done", "skipped") and not (force and (target in (stage.name, "all"))):
+            if st.status in ("done", "skipped") and stage.name not in self._forced:
                 say(f"{stage.name}: up to date")
             else:
                 todo.append(stage)
@@ -368,7 +370,7 @@ class Pipeline:
         man = self.manifest(stage)
         state = self.state(stage)
         per_image_names = self.per_image_names(stage)
-        if state.status == "damaged" and state.damaged.keys() <= per_image_names:
+        if state.status == "damaged" and stage.name not in self._forced and state.damaged.keys() <= per_image_names:
             name, why = next(iter(state.damaged.items()))
             say(f"{stage.name}: {len(state.damaged)} damaged output(s) ({name}: {why}); recomputing those images")
             for name in state.damaged:
