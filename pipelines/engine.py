@@ -643,8 +643,10 @@ class DaskRunner:
             with dask.config.set(unset):
                 # The scheduler's HTTP server (health routes) defaults to port 8787 even
                 # without a dashboard; a random port avoids the "already in use" warning.
+                # Workers log nothing (their errors under load come with tracebacks, e.g. a
+                # missed heartbeat); why a worker died is logged by its nanny, in this process.
                 self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                            dashboard_address=None, env=env, silence_logs=logging.ERROR,
+                                            dashboard_address=None, env=env, silence_logs=logging.CRITICAL,
                                             scheduler_kwargs={"dashboard_address": ":0"})
             quiet_distributed_logs()
             self.client = Client(self.cluster)
