@@ -726,14 +726,16 @@ class _OneLine(logging.Formatter):
 def quiet_distributed_logs() -> None:
     """distributed's logging in this process: one line per worker death or error, no
     tracebacks, nothing else."""
-    log = logging.getLogger("distributed")
-    if any(isinstance(h.filters[0] if h.filters else None, _WorkerDeathFilter) for h in log.handlers):
-        return
-    for h in list(log.handlers):
-        log.removeHandler(h)
-    handler = logging.StreamHandler()
-    handler.addFilter(_WorkerDeathFilter())
-    handler.setFormatter(_OneLine())
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    # tornado and asyncio carry distributed's comm errors, with tracebacks, to the root logger
+    for name in ("distributed", "tornado", "asyncio"):
+        log = logging.getLogger(name)
+        if any(isinstance(f, _WorkerDeathFilter) for h in log.handlers for f in h.filters):
+            continue
+        for h in list(log.handlers):
+            log.removeHandler(h)
+        handler = logging.StreamHandler()
+        handler.addFilter(_WorkerDeathFilter())
+        handler.setFormatter(_OneLine())
+        log.addHandler(handler)
+        log.setLevel(logging.INFO if name == "distributed" else logging.ERROR)
+        log.propagate = False
