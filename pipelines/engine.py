@@ -137,6 +137,7 @@ class Pipeline:
     _states: dict[str, StageState] = field(default_factory=dict)
     _hashes: "ContentHashes | None" = None
     _running: Stage | None = None
+    _forced: frozenset = frozenset()
 
     @property
     def hashes(self) -> "ContentHashes":
@@ -261,10 +262,11 @@ class Pipeline:
     def run(self, target: str, force: bool = False) -> list[str]:
         """Run ``target`` after whatever it needs; returns the names of the stages computed."""
         plan = self.order(target)
+        self._forced = frozenset(s.name for s in plan if force and target in (s.name, "all"))
         todo = []
         for stage in plan:
             st = self.state(stage)
-            if st.status in ("done", "skipped") and not (force and (target in (stage.name, "all"))):
+            if st.status in ("done", "skipped") and stage.name not in self._forced:
                 say(f"{stage.name}: up to date")
             else:
                 todo.append(stage)
@@ -374,7 +376,7 @@ class Pipeline:
         man = self.manifest(stage)
         state = self.state(stage)
         per_image_names = self.per_image_names(stage)
-        if state.status == "damaged" and state.damaged.keys() <= per_image_names:
+        if state.status == "damaged" and stage.name not in self._forced and state.damaged.keys() <= per_image_names:
             name, why = next(iter(state.damaged.items()))
             say(f"{stage.name}: {len(state.damaged)} damaged output(s) ({name}: {why}); recomputing those images")
             for name in state.damaged:
@@ -676,8 +678,10 @@ class DaskRunner:
             with dask.config.set(unset):
                 # The scheduler's HTTP server (health routes) defaults to port 8787 even
                 # without a dashboard; a random port avoids the "already in use" warning.
+                # Workers log nothing (their errors under load come with tracebacks, e.g. a
+                # missed heartbeat); why a worker died is logged by its nanny, in this process.
                 self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                            dashboard_address=None, env=env, silence_logs=logging.ERROR,
+                                            dashboard_address=None, env=env, silence_logs=logging.CRITICAL,
                                             scheduler_kwargs={"dashboard_address": ":0"})
             quiet_distributed_logs()
             self.client = Client(self.cluster)
@@ -786,14 +790,16 @@ class _OneLine(logging.Formatter):
 def quiet_distributed_logs() -> None:
     """distributed's logging in this process: one line per worker death or error, no
     tracebacks, nothing else."""
-    log = logging.getLogger("distributed")
-    if any(isinstance(h.filters[0] if h.filters else None, _WorkerDeathFilter) for h in log.handlers):
-        return
-    for h in list(log.handlers):
-        log.removeHandler(h)
-    handler = logging.StreamHandler()
-    handler.addFilter(_WorkerDeathFilter())
-    handler.setFormatter(_OneLine())
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    # tornado and asyncio carry distributed's comm errors, with tracebacks, to the root logger
+    for name in ("distributed", "tornado", "asyncio"):
+        log = logging.getLogger(name)
+        if any(isinstance(f, _WorkerDeathFilter) for h in log.handlers for f in h.filters):
+            continue
+        for h in list(log.handlers):
+            log.removeHandler(h)
+        handler = logging.StreamHandler()
+        handler.addFilter(_WorkerDeathFilter())
+        handler.setFormatter(_OneLine())
+        log.addHandler(handler)
+        log.setLevel(logging.INFO if name == "distributed" else logging.ERROR)
+        log.propagate = False
