@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.engine import Job
-from pipelines.training import CHECKPOINT_FILE, Precision, run_training
+from pipelines.trainer import CHECKPOINT_FILE, Precision, run_training
 from wsis.errors import ConfigError
 from wsis.models.backbone import ResNetStages
 from wsis.models.cam import CAMNet

@@ -79,7 +79,7 @@ def test_two_gloo_processes_train_like_one_and_resume_after_sigkill(tiny_data, t
 def _rank_main(rank, world, init_file, out_dir):
     import torch.distributed as dist
 
-    import pipelines.training as training
+    import pipelines.trainer as training
     from pipelines.engine import Job
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     writes = []

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from conftest import tiny_args, wsis
-from pipelines.training import batch_loader, epoch_order, stack_samples, to_device
+from pipelines.trainer import batch_loader, epoch_order, stack_samples, to_device
 
 
 def sample(index, epoch):

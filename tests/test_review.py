@@ -249,7 +249,7 @@ def test_full_review_loop(tiny_data, run_copy, tmp_path):
     assert "train_seg    stale (upstream merge_review changed)" in status
     wsis("run", "--stage", "merge_review", *tiny_args(tiny_data, run_copy))
 
-    from wsis.seg_data import CocoInstances
+    from wsis.data.seg_data import CocoInstances
     merged_path = run_copy / "merge_review" / "train.json"
     data = CocoInstances(merged_path, tiny_data / "JPEGImages")   # what train_seg reads
     merged = json.loads(merged_path.read_text())

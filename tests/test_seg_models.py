@@ -9,7 +9,7 @@ from wsis.data.synthetic import render
 from wsis.inference import predict_image
 from wsis.metrics import instance_ap
 from wsis.models.registry import MODELS, build_instance_model
-from wsis.seg_data import canvas_target
+from wsis.data.seg_data import canvas_target
 from wsis.transforms import letterbox
 
 CLASSES = ["disc", "square", "triangle", "star", "cross"]

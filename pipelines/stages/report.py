@@ -18,7 +18,7 @@ from wsis.report.html import write_report
 from wsis.review.queue import QUEUE_FILE, ModelAgreement, build_queue, instance_masks, order_figures
 
 from ..engine import MANIFEST, METRICS, Job, Pipeline
-from ..training import LOSS_HISTORY_FILE
+from ..trainer import LOSS_HISTORY_FILE
 from .export import EXPORT_FILE
 
 TRAINING_STAGES = ("train_cam", "train_irn", "train_seg")

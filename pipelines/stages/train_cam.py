@@ -8,11 +8,11 @@ import torch.nn.functional as F
 
 from wsis.models.backbone import LOAD_LATER
 from wsis.models.cam import CAMNet
-from wsis.training import load_checkpoint
+from wsis.checkpoint import load_checkpoint
 from wsis.transforms import cam_train_augment
 
 from ..engine import Job
-from ..training import finish_training, run_training, sgd, stack_samples
+from ..trainer import finish_training, run_training, sgd, stack_samples
 
 MODEL_FILE = "model.pt"
 

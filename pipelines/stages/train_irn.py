@@ -11,12 +11,12 @@ from wsis.errors import ConfigError
 from wsis.io import read_label_png
 from wsis.models.backbone import LOAD_LATER, ResNetStages
 from wsis.models.irn import IRNet, irn_losses
-from wsis.training import load_checkpoint
+from wsis.checkpoint import load_checkpoint
 from wsis.transforms import irn_train_augment
 
 from .. import distributed
 from ..engine import Job
-from ..training import finish_training, run_training, sgd, stack_samples
+from ..trainer import finish_training, run_training, sgd, stack_samples
 from . import train_cam
 
 MODEL_FILE = "model.pt"

@@ -12,10 +12,10 @@ import torch
 from wsis.errors import ConfigError
 from wsis.models.backbone import LOAD_LATER
 from wsis.models.registry import build_instance_model, load_instance_model
-from wsis.seg_data import CocoInstances
+from wsis.data.seg_data import CocoInstances
 
 from ..engine import Job
-from ..training import finish_training, make_optimizer, run_training
+from ..trainer import finish_training, make_optimizer, run_training
 from . import train_cam
 from .merge_review import MERGED_FILE
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 from ..errors import ConfigError
-from ..training import load_checkpoint
+from ..checkpoint import load_checkpoint
 from .backbone import LOAD_LATER
 from .fpn import ResNetFPN
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the training stages: devices, schedules, checkpoints."""
+"""Checkpoints and the learning-rate schedule shared by the training stages."""
 
 from __future__ import annotations
 

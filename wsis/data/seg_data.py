@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models.instance_common import boxes_from_masks
-from .transforms import letterbox
+from ..models.instance_common import boxes_from_masks
+from ..transforms import letterbox
 
 
 class CocoInstances:
@@ -18,7 +18,7 @@ class CocoInstances:
     are the categories in id order."""
 
     def __init__(self, json_path: Path, image_dir: Path):
-        from .data.coco import open_coco
+        from .coco import open_coco
         self.dataset = open_coco(Path(image_dir), Path(json_path), [])
         self.class_names = list(self.dataset.class_names)
         self.ids = self.dataset.ids("all")

@@ -12,7 +12,7 @@ import torch
 
 from wsis.errors import ConfigError
 from wsis.io import read_json, write_json
-from wsis.training import load_checkpoint, poly_lr, save_checkpoint
+from wsis.checkpoint import load_checkpoint, poly_lr, save_checkpoint
 
 from . import distributed
 from .engine import PROGRESS, Job
