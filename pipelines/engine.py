@@ -85,6 +85,7 @@ class Stage:
     needs_masks: bool = False     # evaluation: skipped on datasets without masks
     data_parallel: bool = False   # a training stage that ``--gpus N`` runs in N processes
     resource: str = "cpu"         # per-image stages: "gpu" runs a network on --device, "cpu" does not
+    result_file: tuple[str, str] | None = None   # (what it is, file name): named at the end of a run
     reads_images: bool = True     # its images are checked before the run starts
     ignores: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
@@ -205,10 +206,11 @@ class Pipeline:
                 value = self.cfg[section][key]
                 if isinstance(value, str) and value and Path(value).expanduser().is_file():
                     files[dotted] = self.hashes.get(Path(value).expanduser())
-            if files:   # only when a key names a file, so other fingerprints stay as they were
+            for name in stage.input_files:      # files of the work dir (a review import)
+                path = self.work_dir / name
+                files[name] = self.hashes.get(path) if path.is_file() else None
+            if files:   # only when a stage names a file, so other fingerprints stay as they were
                 components["files"] = files
-            if stage.input_files:
-                components["files"] = {f: file_hash(self.work_dir / f) for f in stage.input_files}
             self._fingerprints[stage.name] = (section_hash(components), components)
         return self._fingerprints[stage.name]
 
@@ -433,12 +435,11 @@ class Pipeline:
         return metrics
 
 
-    def exported_path(self) -> Path | None:
-        """The COCO JSON of the export stage, when it is done."""
-        stage = self.stages.get("export")
-        if stage is None or self.state(stage).status != "done":
-            return None
-        return self.out_dir(stage) / "pseudo_labels.json"
+    def result_files(self) -> list[tuple[str, Path]]:
+        """(what it is, path) of each finished stage's ``result_file``, to name after a run."""
+        return [(stage.result_file[0], self.out_dir(stage) / stage.result_file[1])
+                for stage in self.stages.values()
+                if stage.result_file and self.state(stage).status == "done"]
 
 
 def record_outputs(out: Path, per_image_names: set[str]) -> dict:
@@ -475,14 +476,6 @@ def damaged_outputs(out: Path, recorded: dict, per_image_names: set[str]) -> dic
     return damaged
 
 
-def file_hash(path: Path) -> str | None:
-    """SHA-256 prefix of a file's content; None when it does not exist."""
-    import hashlib
-    if not path.is_file():
-        return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def stale_reason(old: dict, new: dict) -> str:
     reasons = []
     for sec, h in new["config"].items():
@@ -498,9 +491,6 @@ def stale_reason(old: dict, new: dict) -> str:
             reasons.append(f"upstream {up} changed")
     if old.get("images") != new["images"]:
         reasons.append("image list, labels or files changed")
-    for f, h in new.get("files", {}).items():
-        if old.get("files", {}).get(f) != h:
-            reasons.append(f"{f} changed")
     return ", ".join(reasons) or "fingerprint changed"
 
 

@@ -13,23 +13,34 @@ import torch.nn.functional as F
 
 from conftest import WSIS, tiny_args, wsis
 
-# frozen BatchNorm: then 2 ranks of 4 images compute exactly the gradient of one batch of 8
-DDP = ("--device", "cpu", "--set", "backbone.freeze_bn=true", "--set", "train_cam.epochs=3",
-       "--set", "train_cam.crop_size=96", "--set", "train_cam.resize_long=[80, 112]")
+# frozen BatchNorm: then 2 ranks of 4 images compute exactly the gradient of one batch of 8.
+# BatchNorm stays frozen only on loaded weights (random ones unfreeze), hence a weights file.
+SETTINGS = ("--device", "cpu", "--set", "backbone.freeze_bn=true", "--set", "train_cam.epochs=3",
+            "--set", "train_cam.crop_size=96", "--set", "train_cam.resize_long=[80, 112]")
+
+
+def weights_file(tmp_path):
+    import torchvision
+    torch.manual_seed(1)
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
 
 
 def state(work):
     return torch.load(work / "train_cam" / "model.pt", weights_only=False)["state_dict"]
 
 
-def training_loss(weights, data_root):
-    """Multi-label loss of a CAM net with ``weights`` on the tiny train images."""
+def training_loss(weights, data_root, start):
+    """Multi-label loss on the tiny train images of a CAM net with ``weights``, or of the
+    untrained one that train_cam starts from (backbone from the file ``start``)."""
     from pipelines.stages.train_cam import build_model
     from wsis.config import load_config
     from wsis.data import open_dataset
     cfg = load_config("synthetic", os.path.join(os.path.dirname(__file__), "tiny.toml"))
     ds = open_dataset("synthetic", cfg, data_root)
-    model = build_model(ds.num_classes, dict(cfg["backbone"], weights="none"))
+    torch.manual_seed(cfg["train_cam"]["seed"])
+    model = build_model(ds.num_classes, dict(cfg["backbone"], weights=str(start), freeze_bn=True))
     if weights is not None:
         model.load_state_dict(weights)
     model.eval()
@@ -42,6 +53,8 @@ def training_loss(weights, data_root):
 
 def test_two_gloo_processes_train_like_one_and_resume_after_sigkill(tiny_data, tmp_path):
     single, ddp, killed = tmp_path / "single", tmp_path / "ddp", tmp_path / "killed"
+    start = weights_file(tmp_path)
+    DDP = SETTINGS + ("--set", f'backbone.weights="{start}"')
     wsis("run", "--stage", "train_cam", *tiny_args(tiny_data, single, *DDP))
     wsis("run", "--stage", "train_cam", "--gpus", "2", *tiny_args(tiny_data, ddp, *DDP))
     a, b = state(single), state(ddp)
@@ -49,13 +62,12 @@ def test_two_gloo_processes_train_like_one_and_resume_after_sigkill(tiny_data, t
     # ranks instead of within one batch), far below what training moved
     torch.manual_seed(0)
     from pipelines.stages.train_cam import build_model
-    init = build_model(5, {"depth": 18, "weights": "none", "freeze_bn": True, "frozen_stages": 0}).state_dict()
+    init = build_model(5, {"depth": 18, "weights": str(start), "freeze_bn": True, "frozen_stages": 0}).state_dict()
     for k in a:
         if a[k].is_floating_point():
             moved = (a[k] - init[k]).abs().max().item()
             assert (a[k] - b[k]).abs().max().item() <= max(0.02 * moved, 1e-6), k
-    torch.manual_seed(0)   # build_model's initial weights: the seed train_cam starts from
-    assert training_loss(b, tiny_data) < training_loss(None, tiny_data)
+    assert training_loss(b, tiny_data, start) < training_loss(None, tiny_data, start)
 
     progress = killed / "train_cam" / "progress.json"
     proc = subprocess.Popen(WSIS + ["run", "--stage", "train_cam", "--gpus", "2",

@@ -12,6 +12,7 @@ from wsis.data import Dataset
 
 def voc_like_pipeline(tmp_path: Path) -> Pipeline:
     cfg = load_config("voc2012")
+    cfg["run"]["image_hash"] = "off"     # no image files here: ids and labels identify the images
     splits = {"train_aug": ("a1", "a2", "t1", "t2"), "train": ("t1", "t2"), "val": ("v1",)}
     labels = {i: (0,) for ids in splits.values() for i in ids}
     ds = Dataset("voc2012", tmp_path, tuple(cfg["data"]["classes"]), splits, labels, has_masks=True)

@@ -224,7 +224,10 @@ def test_full_review_loop(tiny_data, run_copy, tmp_path):
             regions = [r for r in regions if r["id"].split("_")[0] != gone]
             edits["deleted"] += 1
         if t == fix_at:                              # fix a mask: the reviewer redraws it as a box
-            regions[0]["value"]["points"] = [[10, 10], [60, 10], [60, 70], [10, 70]]
+            big = max(regions, key=lambda r: len(r["value"]["points"]))   # around it, a little larger
+            points = np.array(big["value"]["points"], float)
+            (x0, y0), (x1, y1) = np.clip(points.min(0) - 4, 0, 100), np.clip(points.max(0) + 4, 0, 100)
+            big["value"]["points"] = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
             edits["fixed"] += 1
         if t == add_at:                              # add a missed object
             regions = regions + [{"id": "Xk3v9", "type": "polygonlabels", "from_name": "label", "to_name": "image",
@@ -245,7 +248,7 @@ def test_full_review_loop(tiny_data, run_copy, tmp_path):
 
     wsis("review", "import", edited, *tiny_args(tiny_data, run_copy))
     status = wsis("status", *tiny_args(tiny_data, run_copy)).stdout
-    assert "merge_review stale (review/reviewed.json changed)" in status
+    assert "merge_review stale (file review/reviewed.json changed)" in status
     assert "train_seg    stale (upstream merge_review changed)" in status
     wsis("run", "--stage", "merge_review", *tiny_args(tiny_data, run_copy))
 

@@ -168,9 +168,8 @@ def run(stage, force, workers, scheduler, gpus, **common):
     if metrics:
         click.echo(metrics_table(metrics))
         click.echo(f"metrics: {session.work_dir / 'metrics.json'}")
-    exported = pipeline.exported_path()
-    if exported is not None:
-        click.echo(f"pseudo-labels (COCO JSON): {exported}")
+    for what, path in pipeline.result_files():
+        click.echo(f"{what}: {path}")
 
 
 @main.command()

@@ -24,6 +24,8 @@ def run(job: Job) -> None:
     by_image: dict[int, list[dict]] = {}
     for a in pseudo["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
+    category_ids = job.dataset.coco_category_ids()        # the export keeps a COCO input's ids
+    class_of = {cid: k for k, cid in enumerate(category_ids)}
     anns: list[dict] = []
     ious, added, removed, kept = [], 0, 0, 0
     for entry in pseudo["images"]:
@@ -35,17 +37,19 @@ def run(job: Job) -> None:
         masks = [rle_decode(r["segmentation"]) for r in review["instances"]]
         classes = [r["class"] for r in review["instances"]]
         for m, c in zip(masks, classes):
-            anns.append(dict(annotation(m, c, entry["id"], len(anns) + 1), source="reviewed"))
+            anns.append(dict(annotation(m, c, entry["id"], len(anns) + 1, category_ids=category_ids),
+                             source="reviewed"))
         old = by_image.get(entry["id"], [])
         shape = (-1, entry["height"], entry["width"])
         old_masks = np.array([rle_decode(a["segmentation"]) for a in old], bool).reshape(shape)
-        pairs = match_instances(old_masks, [a["category_id"] - 1 for a in old],
+        pairs = match_instances(old_masks, [class_of[a["category_id"]] for a in old],
                                 np.array(masks, bool).reshape(shape), classes)
         ious += [iou for _, _, iou in pairs]
         kept += len(pairs)
         added += len(masks) - len(pairs)
         removed += len(old) - len(pairs)
-    write_instances(job.out_dir / MERGED_FILE, pseudo["images"], anns, job.dataset.class_names)
+    write_instances(job.out_dir / MERGED_FILE, pseudo["images"], anns, job.dataset.class_names,
+                    job.dataset.coco_categories())
     n_reviewed = sum(e["wsis_id"] in reviewed for e in pseudo["images"])
     result = {"images": len(pseudo["images"]), "reviewed_images": n_reviewed,
               "reviewed_annotations": sum(a["source"] == "reviewed" for a in anns),

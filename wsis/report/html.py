@@ -21,13 +21,18 @@ figcaption{font-size:11px;color:#555} table.gallery img{height:120px;width:auto;
 """
 
 
+NOTE_KEYS = ("scored_on",)   # text that qualifies a stage's numbers (eval_seg: held-out or training images)
+
+
 def metric_items(metrics: dict):
-    """(stage, split, key, value) for every number in ``{stage: {split: {key: value}}}``."""
+    """(stage, split, key, value) for every number in ``{stage: {split: {key: value}}}``, and
+    the notes of ``NOTE_KEYS``."""
     for stage, per_split in metrics.items():
         for split, values in per_split.items():
             if isinstance(values, dict):
                 for key, v in values.items():
-                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    if (isinstance(v, (int, float)) and not isinstance(v, bool)) or \
+                            (key in NOTE_KEYS and isinstance(v, str)):
                         yield stage, split, key, v
 
 
