@@ -53,3 +53,20 @@ def data_copy(tiny_data, tmp_path) -> Path:
     dst = tmp_path / "synthetic"
     shutil.copytree(tiny_data, dst)
     return dst
+
+
+def cocoeval_stats(gt_path, results) -> list[float]:
+    """pycocotools' usual single-pass segm evaluation of a results list: the 12 summary
+    numbers (an independent reference for wsis's own COCO evaluation)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_path))
+        ev = COCOeval(gt, gt.loadRes(results), iouType="segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return [float(v) for v in ev.stats]

@@ -1,17 +1,14 @@
 """COCO ids survive: the export and ``wsis predict`` use the user's image ids, category ids,
 names and supercategories, and pycocotools evaluates the results against the user's file."""
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
-from conftest import TINY, wsis
+from conftest import TINY, cocoeval_stats, wsis
 from wsis.config import load_config
 from wsis.data import open_dataset
 from wsis.io import read_npz
@@ -42,14 +39,7 @@ def users_coco_file(voc, split, path, image_ids, categories):
 
 
 def evaluate(gt_path, results):
-    """pycocotools' segm evaluation of a results list: the 12 summary numbers."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_path))
-        ev = COCOeval(gt, gt.loadRes(results), iouType="segm")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return ev.stats
+    return cocoeval_stats(gt_path, results)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import cocoeval_stats
 from pipelines.progress import Progress
 from pipelines.stages.eval_pseudo import score_instances
 from wsis.coco import annotation, coco_evaluate, image_entries, write_instances
@@ -200,18 +201,8 @@ def test_score_instances_matches_the_dense_stage_code(tmp_path):
 
 def all_categories_cocoeval(gt_path, results):
     """pycocotools' usual single pass over every category."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_path))
-        ev = COCOeval(gt, gt.loadRes(results), iouType="segm")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AP75": float(ev.stats[2])}
+    stats = cocoeval_stats(gt_path, results)
+    return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2]}
 
 
 @pytest.mark.parametrize("seed", range(4))
