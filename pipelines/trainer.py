@@ -86,11 +86,18 @@ def to_device(tree, device: str):
     return tree
 
 
-def loader_workers(setting: int) -> int:
-    """``run.loader_workers``: -1 = one per CPU core, 0 = build batches in the training process."""
+def loader_workers(setting: int, device: str) -> int:
+    """``run.loader_workers``: -1 = automatic, 0 = build batches in the training process.
+
+    Automatic is one worker per CPU core when training on CUDA, where the cores are free to
+    decode and augment; and none when training on the CPU, where the model needs the cores
+    (measured on 2 cores: SOLOv2 at 1.9 iterations/s with batches built in the training
+    process, 1.7 with one or two worker processes competing for the same cores)."""
     if setting < -1:
-        raise ConfigError(f"run.loader_workers: {setting} (expected -1 for one per core, 0, or more)")
-    return (os.cpu_count() or 1) if setting == -1 else setting
+        raise ConfigError(f"run.loader_workers: {setting} (expected -1 for automatic, 0, or more)")
+    if setting == -1:
+        return (os.cpu_count() or 1) if device.startswith("cuda") else 0
+    return setting
 
 
 class EpochSamples(torch.utils.data.Dataset):
@@ -141,7 +148,7 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
     ``base_lr``; the rate decays as (1 - step / max_step)^0.9, after a linear warm-up over
     ``warmup_iters`` steps; gradients are clipped to norm ``grad_clip`` when given."""
     precision = Precision(job.cfg["run"]["amp"], job.device)
-    workers = loader_workers(job.cfg["run"]["loader_workers"])
+    workers = loader_workers(job.cfg["run"]["loader_workers"], job.device)
     world, rank = distributed.world_size(), distributed.rank()
     net = data_parallel(model, job, find_unused_parameters) if world > 1 else model
     if job.device.startswith("cuda"):

@@ -41,3 +41,17 @@ def test_trained_cam_model_does_not_depend_on_loader_workers(tiny_data, tmp_path
     assert weights[0].keys() == weights[1].keys()
     for k in weights[0]:
         assert torch.equal(weights[0][k], weights[1][k]), k
+
+
+def test_automatic_loader_workers_leave_the_cpu_to_the_model():
+    import os
+
+    import pytest
+
+    from pipelines.trainer import loader_workers
+    from wsis.errors import ConfigError
+    assert loader_workers(-1, "cuda") == loader_workers(-1, "cuda:1") == (os.cpu_count() or 1)
+    assert loader_workers(-1, "cpu") == 0
+    assert loader_workers(3, "cpu") == 3 and loader_workers(0, "cuda") == 0
+    with pytest.raises(ConfigError, match="run.loader_workers: -2"):
+        loader_workers(-2, "cpu")
