@@ -6,6 +6,16 @@ import sys
 import time
 
 
+_interrupt_requested = False
+
+
+def request_interrupt() -> None:
+    """Have the next progress update raise KeyboardInterrupt (a SIGTERM whose exception was
+    swallowed still stops the run at its next step)."""
+    global _interrupt_requested
+    _interrupt_requested = True
+
+
 class Progress:
     def __init__(self, label: str, total: int, unit: str = "images", stream=None,
                  min_interval: float | None = None):
@@ -19,6 +29,8 @@ class Progress:
         self.extra = ""
 
     def update(self, n: int = 1, extra: str = "") -> None:
+        if _interrupt_requested:
+            raise KeyboardInterrupt
         self.done += n
         self.extra = extra
         now = time.monotonic()

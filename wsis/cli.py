@@ -61,6 +61,10 @@ def user_errors(f):
         import signal
 
         def interrupt(signum, frame):
+            # An exception raised while a __del__ runs is printed and dropped by Python, so
+            # the interrupt is also made sticky: progress updates raise it again.
+            from pipelines.progress import request_interrupt
+            request_interrupt()
             raise KeyboardInterrupt
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, interrupt)
