@@ -2,7 +2,6 @@
 and the download error names the way out."""
 
 import pytest
-import torch
 from torch import nn
 
 from wsis.errors import WsisError

@@ -62,7 +62,7 @@ def length(n: int) -> Rule:
 def ordered_pair(rule: Rule) -> Rule:
     """Two elements [low, high], each satisfying ``rule``, with low <= high."""
     def check(v):
-        return length(2)(v) or each(rule)(v) or (None if v[0] <= v[1] else f"[low, high] with low > high")
+        return length(2)(v) or each(rule)(v) or (None if v[0] <= v[1] else "[low, high] with low > high")
     return check
 
 
