@@ -1,7 +1,8 @@
 import numpy as np
 from skimage.measure import label
 
-from wsis.algorithms.instances import cluster_instances, detections, find_centroids, instance_seeds
+from wsis.algorithms.instances import (cluster_endpoints, cluster_instances, detections, find_centroids,
+                                       instance_seeds, synthesize_instances)
 from wsis.algorithms.labels import upsample_normalised
 
 
@@ -161,3 +162,65 @@ def test_upsample_normalised():
     up = upsample_normalised(s, (10, 15))
     assert up.shape == (2, 10, 15) and abs(up.max() - 1.0) < 1e-6
     assert (upsample_normalised(np.zeros((1, 3, 4), np.float32), (10, 15)) == 0).all()
+
+
+def test_endpoint_clusters_split_small_touching_objects_the_weak_region_joins():
+    # Two 5-cell-wide objects side by side (columns 0-4 and 5-9), each field pointing at its
+    # own centre. Every |D| is at most 2 * sqrt(2) < 3, so at threshold 3 the weak region is
+    # the whole grid: one cluster. Their end points (2, 2) and (2, 7) are 5 cells apart.
+    ys, xs = np.mgrid[0:5, 0:10]
+    cx = np.where(xs < 5, 2, 7)
+    field = np.stack([2 - ys, cx - xs]).astype(float)
+    centroids = find_centroids(field, 10)
+    assert (centroids[0] == 2).all() and (centroids[1] == cx).all()
+    assert cluster_instances(field, centroids, 3.0).max() == 1
+    clusters = cluster_endpoints(centroids, np.ones((5, 10), bool))
+    np.testing.assert_array_equal(clusters, np.where(xs < 5, 1, 2))
+
+
+def test_endpoint_clusters_non_voters_and_8_connectivity():
+    # voters land on (1, 1) and (2, 2): diagonal neighbours, one cluster (8-connected); a
+    # non-voter landing on (0, 4), where no voter ends, is the first instance, as in
+    # cluster_instances; a non-voter landing on a voter's cell joins that cluster.
+    centroids = np.zeros((2, 3, 5), np.int64)
+    centroids[:, 0, 0] = (1, 1)
+    centroids[:, 0, 1] = (2, 2)
+    centroids[:, 0, 2] = (0, 4)
+    centroids[:, 1:, :] = np.array([1, 1])[:, None, None]
+    centroids[:, 0, 3:] = np.array([2, 2])[:, None]
+    voters = np.zeros((3, 5), bool)
+    voters[0, :2] = True
+    expected = np.full((3, 5), 2)
+    expected[0, 2] = 1
+    np.testing.assert_array_equal(cluster_endpoints(centroids, voters), expected)
+    # with no voter at all, every pixel lands outside every cluster: one instance
+    assert (cluster_endpoints(centroids, np.zeros((3, 5), bool)) == 1).all()
+
+
+def synthesis_params(**changes):
+    params = {"bg_threshold": 0.25, "centroid_iterations": 50, "cluster_threshold": 2.5,
+              "min_area_fraction": 0.01, "clustering": "weak_region", "exp_times": -1}
+    return params | changes
+
+
+def test_synthesize_instances_is_the_paper_composition():
+    # The reference path (weak regions, the walk's own exp_times), step by step.
+    from wsis.algorithms.random_walk import random_walk
+    rng = np.random.default_rng(3)
+    field, _ = two_centre_field(12, 16, ((6, 4), (6, 11)))
+    cams = rng.random((2, 12, 16)).astype(np.float32)
+    boundary = (rng.random((12, 16)) * 0.3).astype(np.float32)
+    walk = {"radius": 3, "beta": 10.0, "exp_times": 3, "tolerance": 0.0}
+    centroids = find_centroids(field, 50)
+    instance_map = cluster_instances(field, centroids, 2.5)
+    walked = random_walk(instance_seeds(cams, instance_map), boundary, 3, 10.0, 3, 0.0)
+    scores = upsample_normalised(walked, (45, 62))
+    expected = detections(scores, [1, 4], int(instance_map.max()), 0.25, 0.01)
+    got = synthesize_instances(cams, [1, 4], boundary, field, synthesis_params(), walk, (45, 62))
+    for a, b in zip(got, expected + (scores,)):
+        np.testing.assert_array_equal(a, b)
+    # exp_times 3 on the instance side is the same walk; 1 is a different one
+    same = synthesize_instances(cams, [1, 4], boundary, field, synthesis_params(exp_times=3), walk, (45, 62))
+    np.testing.assert_array_equal(same[3], scores)
+    shorter = synthesize_instances(cams, [1, 4], boundary, field, synthesis_params(exp_times=1), walk, (45, 62))
+    assert not np.allclose(shorter[3], scores)

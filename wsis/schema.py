@@ -126,6 +126,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "ins_seg.centroid_iterations": (at_least(0),),
     "ins_seg.cluster_threshold": (above(0),),
     "ins_seg.min_area_fraction": (FRACTION,),
+    "ins_seg.clustering": (one_of("weak_region", "endpoints"),),
+    "ins_seg.exp_times": (at_least(-1),),
     "export.score_threshold": (at_least(0),),
     "export.min_area": (at_least(0),),
     "eval_ins_seg.iou_thresholds": (non_empty, each(between(0.0, 1.0)), each(above(0))),

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsis.algorithms.instances import cluster_instances, detections, find_centroids, instance_seeds
-from wsis.algorithms.labels import upsample_normalised
-from wsis.algorithms.random_walk import random_walk
+from wsis.algorithms.instances import synthesize_instances
 from wsis.io import write_npz
 from wsis.review.confidence import instance_margins
 
@@ -18,17 +16,12 @@ def process(job: Job, ids: list[str]) -> None:
     """Writes ``<id>.npz``: ``instances`` (H, W) int32 (0 none, n detection n), ``classes``
     (N,), ``scores`` (N,) and ``margins`` (N,): how clearly the argmax won on each detection
     (wsis.review.confidence.instance_margins). Detections are disjoint (one argmax)."""
-    c, rw = job.cfg["ins_seg"], job.cfg["random_walk"]
+    c = job.cfg["ins_seg"]
     for image_id in ids:
         image, cams, classes, boundary, displacement = irn_outputs(job, image_id)
-        centroids = find_centroids(displacement, c["centroid_iterations"])
-        instance_map = cluster_instances(displacement, centroids, c["cluster_threshold"])
-        n_instances = int(instance_map.max())
-        seeds = instance_seeds(cams, instance_map)
-        walked = random_walk(seeds, boundary, rw["radius"], rw["beta"], rw["exp_times"], rw["tolerance"], job.device)
-        scores = upsample_normalised(walked, image.shape[:2], job.dataset.original_size(image_id))
-        inst, det_classes, det_scores = detections(scores, classes, n_instances, c["bg_threshold"],
-                                                   c["min_area_fraction"])
+        inst, det_classes, det_scores, scores = synthesize_instances(
+            cams, classes, boundary, displacement, c, job.cfg["random_walk"], image.shape[:2],
+            job.dataset.original_size(image_id), job.device)
         write_npz(job.out_dir / f"{image_id}.npz", instances=inst, classes=det_classes,
                   scores=det_scores.astype(np.float32),
                   margins=instance_margins(scores, inst, c["bg_threshold"]))

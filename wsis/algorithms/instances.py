@@ -43,12 +43,36 @@ def cluster_instances(displacement: np.ndarray, centroids: np.ndarray, threshold
     instance 1 and the clusters follow in component order; with no weak region at all, the
     whole grid is instance 1."""
     weak = np.hypot(displacement[0], displacement[1]) < threshold
-    components = connected_components(weak, connectivity=1)
+    return join_landing_component(connected_components(weak, connectivity=1), centroids)
+
+
+def join_landing_component(components: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Each pixel gets the component (h, w; 0 = none) its end point lands in, renumbered
+    1..I in component order over the components some pixel lands in; landing on 0 is one
+    more instance, and it comes first (the reference's component label + 1, compressed)."""
     landed = components[centroids[0], centroids[1]]
     used = np.unique(landed)
     lut = np.zeros(components.max() + 1, np.int64)
     lut[used] = np.arange(1, len(used) + 1)
     return lut[landed]
+
+
+def cluster_endpoints(centroids: np.ndarray, voters: np.ndarray) -> np.ndarray:
+    """Class-agnostic instance map (h, w) with values 1..I from the end points themselves.
+
+    The cells where at least one ``voters`` pixel (h, w) bool, e.g. the CAM foreground, ends
+    its walk are grouped into 8-connected clusters, and every pixel joins the cluster its end
+    point lands in; pixels landing outside every cluster form one instance of their own, first,
+    as in ``cluster_instances``.
+
+    Why: ``cluster_instances`` groups the region where |D| < threshold, which assumes objects
+    much wider than the threshold (VOC: ~25 stride-4 cells against 2.5). On objects a few
+    cells across, that region covers most of each object and the flat background between
+    them, so neighbouring objects join one cluster whatever the field says. Their end points
+    stay apart as long as the field points to separate centres."""
+    landing = np.zeros(centroids.shape[1:], bool)
+    landing[centroids[0][voters], centroids[1][voters]] = True
+    return join_landing_component(connected_components(landing, connectivity=2), centroids)
 
 
 def instance_seeds(cams: np.ndarray, instance_map: np.ndarray) -> np.ndarray:
@@ -91,3 +115,33 @@ def detections(scores: np.ndarray, classes, n_instances: int, bg_threshold: floa
     det_classes = np.asarray(classes, np.int64)[(comp_channel[order + 1] - 1) // max(n_instances, 1)]
     det_scores = np.where(area[order] >= min_area_fraction * h * w, peak.numpy()[order + 1], 0.0)
     return rank[components], det_classes.astype(np.int64), det_scores.astype(np.float32)
+
+
+def synthesize_instances(cams: np.ndarray, classes, boundary: np.ndarray, displacement: np.ndarray,
+                         params: dict, walk: dict, size: tuple[int, int],
+                         out_size: tuple[int, int] | None = None, device="cpu"):
+    """One image's instance pseudo-labels (Ahn et al. 2019, step 6), from its stride-4 CAMs
+    (K, h, w) of ``classes``, boundary map (h, w) and displacement field (2, h, w).
+
+    ``params`` is the ``ins_seg`` config section, ``walk`` the ``random_walk`` one. The end
+    points of the field are clustered (``params["clustering"]``: "weak_region", the paper's
+    |D| < cluster_threshold regions, or "endpoints", ``cluster_endpoints`` over the CAM
+    foreground); each cluster's CAM seeds are random-walked for 2^exp_times steps
+    (``params["exp_times"]``, or the walk's when it is -1), upsampled to ``size`` (then
+    ``out_size``) and split into detections. Returns (instance map (H, W) int32, classes (N,),
+    scores (N,), the normalised walk scores (K * I, H, W)) - see ``detections``."""
+    from .labels import upsample_normalised
+    from .random_walk import random_walk
+    centroids = find_centroids(displacement, params["centroid_iterations"])
+    if params["clustering"] == "endpoints":
+        foreground = cams.max(0, initial=0.0) > params["bg_threshold"]
+        instance_map = cluster_endpoints(centroids, foreground)
+    else:
+        instance_map = cluster_instances(displacement, centroids, params["cluster_threshold"])
+    exp_times = walk["exp_times"] if params["exp_times"] < 0 else params["exp_times"]
+    walked = random_walk(instance_seeds(cams, instance_map), boundary, walk["radius"], walk["beta"],
+                         exp_times, walk["tolerance"], device)
+    scores = upsample_normalised(walked, size, out_size)
+    inst, det_classes, det_scores = detections(scores, classes, int(instance_map.max()),
+                                               params["bg_threshold"], params["min_area_fraction"])
+    return inst, det_classes, det_scores, scores
