@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from torchvision.ops import FrozenBatchNorm2d
 
 from wsis.errors import ConfigError
 from wsis.models.backbone import LOAD_LATER, ResNetStages
@@ -15,12 +16,32 @@ def test_backbone_strides_and_freezing():
     assert net.channels == [64, 64, 128, 256, 512]
     trainable = {n.split(".")[1] for n, p in net.named_parameters() if p.requires_grad}
     assert trainable == {"3", "4"}  # layer3 and layer4 only
-    assert not any(p.requires_grad for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)
-                   for p in m.parameters())
-    net.train()
-    assert all(not m.training for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    # every BatchNorm (20 in resnet18) is torchvision's FrozenBatchNorm2d: buffers, no parameters
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert sum(isinstance(m, FrozenBatchNorm2d) for m in net.modules()) == 20
+    assert not any(True for m in net.modules() if isinstance(m, FrozenBatchNorm2d) for _ in m.parameters())
     with pytest.raises(ConfigError, match="backbone.depth: 19"):
         ResNetStages(19)
+
+
+def test_frozen_batchnorm_computes_what_batchnorm_in_eval_mode_does():
+    # the same random statistics in a plain (unfrozen) backbone and a frozen one: in train()
+    # mode the frozen one still normalises with the stored statistics, and the state dict of
+    # the plain one (num_batches_tracked included) loads into it
+    torch.manual_seed(0)
+    plain = ResNetStages(18, "none", freeze_bn=False)
+    for m in plain.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    frozen = ResNetStages(18, LOAD_LATER, freeze_bn=True)
+    frozen.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    expected = plain.eval()(x)[-1]
+    got = frozen.train()(x)[-1]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_bottleneck_backbone_output_stride_16():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from torchvision.ops import FrozenBatchNorm2d
 from torch import nn
 
 from ..errors import ConfigError, WsisError
@@ -89,22 +90,11 @@ class ResNetStages(nn.Module):
         self.channels = [net.conv1.out_channels] + [_out_channels(layer) for layer in layers]
         self.freeze_bn = freeze_bn
         if freeze_bn:
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    for p in m.parameters():
-                        p.requires_grad_(False)
+            freeze_batchnorm(self)
         if frozen_stages > 0:  # the stem goes with the first frozen stage
             for module in [stem] + layers[:frozen_stages]:
                 for p in module.parameters():
                     p.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.freeze_bn:
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
@@ -112,6 +102,22 @@ class ResNetStages(nn.Module):
             x = stage(x)
             feats.append(x)
         return feats
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Replace every BatchNorm2d under ``module`` by torchvision's FrozenBatchNorm2d with the
+    same statistics and affine values: buffers, not parameters, so they never train, stay in
+    inference mode in ``train()``, and DDP has no unused parameters or statistics to sync.
+    State dicts keep BatchNorm's keys (FrozenBatchNorm2d ignores ``num_batches_tracked``)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            with torch.no_grad():
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, key).copy_(getattr(child, key))
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
 
 
 def _out_channels(layer: nn.Sequential) -> int:
