@@ -11,6 +11,12 @@ from ..engine import Job
 EXPORT_FILE = "pseudo_labels.json"
 
 
+def instance_dir(inputs: dict):
+    """Where the instance pseudo-masks are: sam_refine's when the run refines them with SAM
+    (sam.enabled), else ins_seg's; both write the same npz format."""
+    return inputs["sam_refine"] if "sam_refine" in inputs else inputs["ins_seg"]
+
+
 def pseudo_label_annotations(ins_dir, ids, images, score_threshold: float = 0.0, min_area: int = 0,
                              category_ids=None) -> list[dict]:
     anns: list[dict] = []
@@ -27,7 +33,7 @@ def pseudo_label_annotations(ins_dir, ids, images, score_threshold: float = 0.0,
 def run(job: Job) -> None:
     c = job.cfg["export"]
     images = image_entries(job.dataset, job.ids)
-    anns = pseudo_label_annotations(job.inputs["ins_seg"], job.ids, images, c["score_threshold"], c["min_area"],
+    anns = pseudo_label_annotations(instance_dir(job.inputs), job.ids, images, c["score_threshold"], c["min_area"],
                                     job.dataset.coco_category_ids())
     path = job.out_dir / EXPORT_FILE
     write_instances(path, images, anns, job.dataset.class_names, job.dataset.coco_categories())
