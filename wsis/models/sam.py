@@ -116,28 +116,34 @@ def checkpoint_state(checkpoint: str) -> tuple[dict, str | None]:
     return state, checkpoint
 
 
+def architecture_of(state, checkpoint: str, model_type: str = "", name: str | None = None) -> tuple[dict, dict]:
+    """(architecture, state dict) of a loaded checkpoint: its own architecture when it carries
+    one; else ``model_type``, the released name it was downloaded by, or the released model
+    whose image encoder has the width of its patch embedding (768 B, 1024 L, 1280 H)."""
+    if isinstance(state, dict) and "architecture" in state and "model" in state:
+        return state["architecture"], state["model"]
+    if not isinstance(state, dict) or PATCH_EMBED not in state:
+        raise WsisError(f"{checkpoint}: not a SAM checkpoint (no {PATCH_EMBED})")
+    width = state[PATCH_EMBED].shape[0]
+    found = next((t for t, a in ARCHITECTURES.items() if a["encoder_dim"] == width), None)
+    model_type = model_type or name or found
+    if model_type not in SAM_MODEL_TYPES:
+        raise WsisError(f"{checkpoint}: image encoder width {width} is none of SAM's ViT-B/L/H; set sam.model_type")
+    return ARCHITECTURES[model_type], state
+
+
 def load_sam(checkpoint: str, model_type: str = "", device: str = "cpu"):
     """The model of ``sam.checkpoint`` on ``device``, in eval mode."""
     require_package()
     state, name = checkpoint_state(checkpoint)
-    if isinstance(state, dict) and "architecture" in state and "model" in state:
-        architecture, state = state["architecture"], state["model"]
-    else:
-        if not isinstance(state, dict) or PATCH_EMBED not in state:
-            raise WsisError(f"{checkpoint}: not a SAM checkpoint (no {PATCH_EMBED})")
-        width = state[PATCH_EMBED].shape[0]
-        found = next((t for t, a in ARCHITECTURES.items() if a["encoder_dim"] == width), None)
-        model_type = model_type or name or found
-        if model_type not in SAM_MODEL_TYPES:
-            raise WsisError(f"{checkpoint}: image encoder width {width} is none of SAM's ViT-B/L/H; "
-                            f"set sam.model_type")
-        architecture = ARCHITECTURES[model_type]
+    architecture, state = architecture_of(state, checkpoint, model_type, name)
     model = build_sam(architecture)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise WsisError(f"{checkpoint}: does not fit SAM {model_type or 'architecture'} "
+        raise WsisError(f"{checkpoint}: does not fit SAM with a {architecture['encoder_dim']}-wide, "
+                        f"{architecture['encoder_depth']}-block image encoder "
                         f"({first[1].strip() if len(first) > 1 else first[0]})") from None
     return model.to(device)
 
