@@ -320,3 +320,102 @@ def test_sam_off_leaves_the_pipeline_as_it_was(tiny_data, tmp_path):
     assert [s.name for s in on.order("export")][-2:] == ["sam_refine", "export"]
     assert on.fingerprint(on.stages["export"]) != now.fingerprint(now.stages["export"])
     assert on.fingerprint(on.stages["ins_seg"]) == now.fingerprint(now.stages["ins_seg"])
+
+
+@pytest.fixture(scope="module")
+def pseudo_run(tiny_data, tmp_path_factory):
+    """A work dir with the tiny pipeline run up to export, without SAM."""
+    work = tmp_path_factory.mktemp("sam") / "work"
+    wsis("run", "--stage", "export", *tiny_args(tiny_data, work))
+    return work
+
+
+def sam_copy(pseudo_run, tmp_path, seed=0):
+    """A copy of the work dir and a tiny random SAM checkpoint file, with the --set options
+    that turn SAM on (a low agreement threshold, so that random weights refine some masks)."""
+    work = tmp_path / "work"
+    shutil.copytree(pseudo_run, work)
+    checkpoint = tmp_path / "tiny_sam.pth"
+    sam_model.save_sam(*sam_model.tiny_sam(seed), checkpoint)
+    return work, checkpoint, ["--set", "sam.enabled=true", "--set", f"sam.checkpoint={checkpoint}",
+                              "--set", "sam.min_agreement=0.05"]
+
+
+def test_sam_refine_end_to_end_then_cached_and_resumed(tiny_data, pseudo_run, tmp_path):
+    from wsis.io import read_npz
+    work, _, sam_on = sam_copy(pseudo_run, tmp_path)
+    proc = wsis("run", "--stage", "eval_ins_seg", *tiny_args(tiny_data, work, *sam_on))
+    ran = stage_lines(proc.stderr)
+    assert ran["ins_seg"] == "up to date" and ran["sam_refine"] == "ran" and ran["export"] == "ran"
+    ids = sorted(p.stem for p in (work / "ins_seg").glob("*.npz"))
+    refined = 0
+    for image_id in ids:
+        irn, sam = read_npz(work / "ins_seg" / f"{image_id}.npz"), read_npz(work / "sam_refine" / f"{image_id}.npz")
+        n = len(irn["classes"])
+        # the same instances in the same order, each still there; only masks and scores change
+        assert sam["instances"].shape == irn["instances"].shape and sam["instances"].max() <= n
+        assert sam["classes"].tolist() == irn["classes"].tolist() and np.array_equal(sam["margins"], irn["margins"])
+        assert all((sam["instances"] == k + 1).any() for k in range(n))
+        kept = ~sam["refined"]
+        assert np.array_equal(sam["scores"][kept], irn["scores"][kept])
+        for k in np.flatnonzero(kept):
+            assert np.array_equal(sam["instances"] == k + 1, irn["instances"] == k + 1)
+        refined += int(sam["refined"].sum())
+    assert refined > 0
+    # the export: valid COCO, the same images and categories; instances fewer only where export's
+    # score threshold drops them (score 0: a fragment under ins_seg.min_area_fraction, as without SAM)
+    base, coco = COCO(str(pseudo_run / "export" / "pseudo_labels.json")), COCO(str(work / "export" / "pseudo_labels.json"))
+    assert coco.getImgIds() == base.getImgIds() and coco.loadCats(coco.getCatIds()) == base.loadCats(base.getCatIds())
+    for img in coco.loadImgs(coco.getImgIds()):
+        z = read_npz(work / "sam_refine" / f"{img['wsis_id']}.npz")
+        keep = [k for k in range(len(z["classes"])) if z["scores"][k] >= 1e-5]
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
+        assert len(anns) == len(keep) <= len(base.getAnnIds(imgIds=[img["id"]]))
+        for k, ann in zip(keep, anns):
+            assert np.array_equal(coco.annToMask(ann).astype(bool), z["instances"] == k + 1)
+            assert ann["score"] == pytest.approx(float(z["scores"][k]), abs=1e-6)
+    metrics = json.loads((work / "eval_ins_seg" / "metrics.json").read_text())["train"]
+    assert 0.0 <= metrics["mAP50"] <= 1.0 and 0.0 <= metrics["coco_AP50"] <= 1.0
+    # cached: nothing recomputed, no stage output touched (the run's metrics.json is rewritten)
+    before = {k: v for k, v in snapshot(work).items() if k != "metrics.json"}
+    proc = wsis("run", "--stage", "eval_ins_seg", *tiny_args(tiny_data, work, *sam_on))
+    assert set(stage_lines(proc.stderr).values()) == {"up to date"}
+    assert {k: v for k, v in snapshot(work).items() if k != "metrics.json"} == before
+    # interrupted: two images missing, the others kept as they are
+    manifest = work / "sam_refine" / "manifest.json"
+    man = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps(dict(man, status="running")))
+    gone = {i: read_npz(work / "sam_refine" / f"{i}.npz") for i in ids[:2]}
+    for i in gone:
+        (work / "sam_refine" / f"{i}.npz").unlink()
+    kept_files = {i: snapshot(work / "sam_refine").get(f"{i}.npz") for i in ids[2:]}
+    proc = wsis("run", "--stage", "sam_refine", *tiny_args(tiny_data, work, *sam_on))
+    assert f"sam_refine: computing 2 of {len(ids)} images ({len(ids) - 2} already done)" in proc.stderr
+    after = snapshot(work / "sam_refine")
+    assert all(after[f"{i}.npz"] == kept_files[i] for i in ids[2:])
+    for i, z in gone.items():
+        again = read_npz(work / "sam_refine" / f"{i}.npz")
+        assert all(np.array_equal(again[k], z[k]) for k in z)
+
+
+def test_sam_checkpoint_content_is_in_the_fingerprint_and_off_restores_the_ins_seg_export(
+        tiny_data, pseudo_run, tmp_path):
+    work, checkpoint, sam_on = sam_copy(pseudo_run, tmp_path)
+    wsis("run", "--stage", "export", *tiny_args(tiny_data, work, *sam_on))
+    status = wsis("status", *tiny_args(tiny_data, work, *sam_on)).stdout
+    assert "sam_refine   done" in status and "export       done" in status
+    sam_model.save_sam(*sam_model.tiny_sam(seed=1), checkpoint)              # same path, other weights
+    status = wsis("status", *tiny_args(tiny_data, work, *sam_on)).stdout
+    assert "sam_refine   stale (file sam.checkpoint changed)" in status
+    proc = wsis("run", "--stage", "export", *tiny_args(tiny_data, work, *sam_on))
+    assert stage_lines(proc.stderr)["sam_refine"] == "ran"
+    # SAM off again: export reads ins_seg, with the fingerprint and content it had before SAM
+    status = wsis("status", *tiny_args(tiny_data, work)).stdout
+    assert "sam_refine" not in status
+    wsis("run", "--stage", "export", *tiny_args(tiny_data, work))
+    fingerprint = json.loads((pseudo_run / "export" / "manifest.json").read_text())["fingerprint"]
+    assert json.loads((work / "export" / "manifest.json").read_text())["fingerprint"] == fingerprint
+    assert (json.loads((work / "export" / "pseudo_labels.json").read_text())["annotations"]
+            == json.loads((pseudo_run / "export" / "pseudo_labels.json").read_text())["annotations"])
+    one_line_error(wsis("run", "--stage", "sam_refine", *tiny_args(tiny_data, work), check=False),
+                   "stage 'sam_refine' is off in this config: set sam.enabled = true")
