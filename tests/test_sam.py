@@ -374,6 +374,10 @@ def test_sam_refine_end_to_end_then_cached_and_resumed(tiny_data, pseudo_run, tm
         for k, ann in zip(keep, anns):
             assert np.array_equal(coco.annToMask(ann).astype(bool), z["instances"] == k + 1)
             assert ann["score"] == pytest.approx(float(z["scores"][k]), abs=1e-6)
+    summary = json.loads((work / "export" / "summary.json").read_text())
+    assert summary["sam_refined"] == refined and summary["sam_kept_irn"] == sum(
+        len(read_npz(work / "ins_seg" / f"{i}.npz")["classes"]) for i in ids) - refined
+    assert f"(SAM refined {refined} masks, kept {summary['sam_kept_irn']} IRN masks)" in proc.stdout
     metrics = json.loads((work / "eval_ins_seg" / "metrics.json").read_text())["train"]
     assert 0.0 <= metrics["mAP50"] <= 1.0 and 0.0 <= metrics["coco_AP50"] <= 1.0
     # cached: nothing recomputed, no stage output touched (the run's metrics.json is rewritten)
@@ -419,3 +423,14 @@ def test_sam_checkpoint_content_is_in_the_fingerprint_and_off_restores_the_ins_s
             == json.loads((pseudo_run / "export" / "pseudo_labels.json").read_text())["annotations"])
     one_line_error(wsis("run", "--stage", "sam_refine", *tiny_args(tiny_data, work), check=False),
                    "stage 'sam_refine' is off in this config: set sam.enabled = true")
+
+
+def test_offline_named_checkpoint_stops_the_run_with_one_line(tiny_data, pseudo_run, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(pseudo_run, work)
+    proc = wsis("run", "--stage", "export", *tiny_args(tiny_data, work, "--set", "sam.enabled=true"), check=False,
+                env={"TORCH_HOME": str(tmp_path / "torch"), "HTTPS_PROXY": "http://127.0.0.1:9",
+                     "https_proxy": "http://127.0.0.1:9"})
+    one_line_error(proc, "could not download the SAM checkpoint vit_b", "--set sam.checkpoint=/path/to/file.pth")
+    assert not list((work / "sam_refine").glob("*.npz"))
+    assert (work / "export" / "pseudo_labels.json").read_bytes() == (pseudo_run / "export" / "pseudo_labels.json").read_bytes()

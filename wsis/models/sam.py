@@ -110,7 +110,7 @@ def checkpoint_state(checkpoint: str) -> tuple[dict, str | None]:
                           f"(use {', '.join(CHECKPOINT_URLS)} or a local .pth path)")
     url = CHECKPOINT_URLS[checkpoint]
     try:
-        state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True)
+        state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, weights_only=True)
     except Exception as e:   # urllib/socket/SSL errors all mean: could not download
         raise download_failed(f"the SAM checkpoint {checkpoint}", url, e, "sam.checkpoint") from None
     return state, checkpoint
