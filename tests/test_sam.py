@@ -380,6 +380,17 @@ def test_sam_refine_end_to_end_then_cached_and_resumed(tiny_data, pseudo_run, tm
     assert f"(SAM refined {refined} masks, kept {summary['sam_kept_irn']} IRN masks)" in proc.stdout
     metrics = json.loads((work / "eval_ins_seg" / "metrics.json").read_text())["train"]
     assert 0.0 <= metrics["mAP50"] <= 1.0 and 0.0 <= metrics["coco_AP50"] <= 1.0
+    # the review queue shows the refined masks
+    out = tmp_path / "review.json"
+    wsis("review", "export", "--format", "coco", "--out", out, *tiny_args(tiny_data, work, *sam_on))
+    doc = json.loads(out.read_text())
+    assert len(doc["images"]) == len(ids)
+    from pycocotools import mask as mask_utils
+    for im in doc["images"]:
+        z = read_npz(work / "sam_refine" / f"{im['wsis_id']}.npz")
+        got = [mask_utils.decode(a["segmentation"]).astype(bool) for a in doc["annotations"] if a["image_id"] == im["id"]]
+        assert len(got) == len(z["classes"])
+        assert all(any(np.array_equal(m, z["instances"] == k + 1) for k in range(len(z["classes"]))) for m in got)
     # cached: nothing recomputed, no stage output touched (the run's metrics.json is rewritten)
     before = {k: v for k, v in snapshot(work).items() if k != "metrics.json"}
     proc = wsis("run", "--stage", "eval_ins_seg", *tiny_args(tiny_data, work, *sam_on))
