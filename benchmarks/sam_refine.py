@@ -128,8 +128,9 @@ def main() -> None:
         gpu = f", peak GPU {r['peak_gpu_mb']:.0f} MB ({r['gpu']})" if "peak_gpu_mb" in r else ""
         print(f"{threads} thread(s): encoder {r['encoder_s']:.2f} s, decoder {r['decoder_per_instance_s']:.3f} s "
               f"per instance, prompts and choice {r['prompts_and_choice_s']:.2f} s -> {r['per_image_s']:.2f} s "
-              f"per image (process CPU time: encoder {r['encoder_cpu_s']:.2f} s, image {r['per_image_cpu_s']:.2f} s); peak RSS {r['peak_rss_mb']:.0f} MB ({r['rss_after_model_mb']:.0f} MB after building "
-              f"the model){gpu}", flush=True)
+              f"per image (process CPU time: encoder {r['encoder_cpu_s']:.2f} s, image {r['per_image_cpu_s']:.2f} s); "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB ({r['rss_after_model_mb']:.0f} MB after building the model){gpu}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -364,7 +364,8 @@ def test_sam_refine_end_to_end_then_cached_and_resumed(tiny_data, pseudo_run, tm
     assert refined > 0
     # the export: valid COCO, the same images and categories; instances fewer only where export's
     # score threshold drops them (score 0: a fragment under ins_seg.min_area_fraction, as without SAM)
-    base, coco = COCO(str(pseudo_run / "export" / "pseudo_labels.json")), COCO(str(work / "export" / "pseudo_labels.json"))
+    base = COCO(str(pseudo_run / "export" / "pseudo_labels.json"))
+    coco = COCO(str(work / "export" / "pseudo_labels.json"))
     assert coco.getImgIds() == base.getImgIds() and coco.loadCats(coco.getCatIds()) == base.loadCats(base.getCatIds())
     for img in coco.loadImgs(coco.getImgIds()):
         z = read_npz(work / "sam_refine" / f"{img['wsis_id']}.npz")
@@ -388,7 +389,8 @@ def test_sam_refine_end_to_end_then_cached_and_resumed(tiny_data, pseudo_run, tm
     from pycocotools import mask as mask_utils
     for im in doc["images"]:
         z = read_npz(work / "sam_refine" / f"{im['wsis_id']}.npz")
-        got = [mask_utils.decode(a["segmentation"]).astype(bool) for a in doc["annotations"] if a["image_id"] == im["id"]]
+        got = [mask_utils.decode(a["segmentation"]).astype(bool)
+               for a in doc["annotations"] if a["image_id"] == im["id"]]
         assert len(got) == len(z["classes"])
         assert all(any(np.array_equal(m, z["instances"] == k + 1) for k in range(len(z["classes"]))) for m in got)
     # cached: nothing recomputed, no stage output touched (the run's metrics.json is rewritten)
@@ -444,4 +446,5 @@ def test_offline_named_checkpoint_stops_the_run_with_one_line(tiny_data, pseudo_
                      "https_proxy": "http://127.0.0.1:9"})
     one_line_error(proc, "could not download the SAM checkpoint vit_b", "--set sam.checkpoint=/path/to/file.pth")
     assert not list((work / "sam_refine").glob("*.npz"))
-    assert (work / "export" / "pseudo_labels.json").read_bytes() == (pseudo_run / "export" / "pseudo_labels.json").read_bytes()
+    exported = "export/pseudo_labels.json"
+    assert (work / exported).read_bytes() == (pseudo_run / exported).read_bytes()
