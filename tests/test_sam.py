@@ -254,6 +254,7 @@ def test_offline_name_says_how_to_pass_a_local_file(monkeypatch, tmp_path):
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))      # the download lock goes there
     with pytest.raises(WsisError) as e:
         sam_model.load_sam("vit_b")
     message = str(e.value)

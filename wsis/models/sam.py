@@ -16,6 +16,7 @@ size, such as ``tiny_sam`` in the tests.
 
 from __future__ import annotations
 
+import fcntl
 from functools import partial
 from pathlib import Path
 
@@ -109,8 +110,13 @@ def checkpoint_state(checkpoint: str) -> tuple[dict, str | None]:
         raise ConfigError(f"sam.checkpoint: {checkpoint}: file not found "
                           f"(use {', '.join(CHECKPOINT_URLS)} or a local .pth path)")
     url = CHECKPOINT_URLS[checkpoint]
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
     try:
-        state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, weights_only=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        # every Dask worker loads the model: one downloads, the others wait and read the cache
+        with open(cache / f".{checkpoint}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, weights_only=True)
     except Exception as e:   # urllib/socket/SSL errors all mean: could not download
         raise download_failed(f"the SAM checkpoint {checkpoint}", url, e, "sam.checkpoint") from None
     return state, checkpoint
