@@ -50,6 +50,13 @@ def seg_head_section(cfg: dict) -> str:
     return "solo" if model in ("solo", "solov2") else model
 
 
+def pseudo_masks(cfg: dict) -> str:
+    """The stage whose instance pseudo-masks export, eval_ins_seg and report read: sam_refine
+    when sam.enabled, else ins_seg. sam_refine is then not in the pipeline at all, so the
+    upstream, fingerprints and caches of these stages are exactly those of a run without SAM."""
+    return "sam_refine" if cfg["sam"]["enabled"] else "ins_seg"
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train_cam", "train the CAM classifier", upstream=(),
           sections=("backbone", "train_cam", "run.amp"), version=2, image_splits=train_split,
@@ -75,7 +82,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("ins_seg", "instance pseudo-labels", upstream=("make_cam", "irn_infer"),
           sections=("random_walk", "ins_seg"), version=3, image_splits=infer_split,
           per_image="ins_seg:process"),
-    Stage("export", "COCO JSON of the instance pseudo-labels", upstream=("ins_seg",),
+    Stage("sam_refine", "SAM refinement of the instance pseudo-masks", upstream=("ins_seg", "irn_infer", "make_cam"),
+          sections=("sam", "ins_seg.centroid_iterations"), files=("sam.checkpoint",), version=1,
+          image_splits=infer_split, per_image="sam_refine:process", resource="gpu", enabled_by="sam.enabled"),
+    Stage("export", "COCO JSON of the instance pseudo-labels", upstream=(pseudo_masks,),
           sections=("export",), version=1, image_splits=infer_split, run="export:run", reads_images=False,
           result_file=("pseudo-labels (COCO JSON)", "pseudo_labels.json")),
     Stage("merge_review", "reviewed annotations over the pseudo-labels (wsis review import)",
@@ -84,7 +94,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("eval_sem_seg", "semantic pseudo-label mIoU", upstream=("sem_seg",),
           sections=(), version=1, image_splits=infer_split,
           run="eval_pseudo:run_semantic", needs_masks=True, reads_images=False),
-    Stage("eval_ins_seg", "instance pseudo-label mAP and COCO AP", upstream=("ins_seg", "export"),
+    Stage("eval_ins_seg", "instance pseudo-label mAP and COCO AP", upstream=(pseudo_masks, "export"),
           sections=("eval_ins_seg",), version=1, image_splits=infer_split,
           run="eval_pseudo:run_instance", needs_masks=True, reads_images=False),
     Stage("train_seg", "train the instance-segmentation model on the pseudo-labels",
@@ -96,6 +106,6 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           needs_masks=True),
     Stage("report", "review queue and HTML report of every finished stage",
           upstream=("train_cam", "make_cam", "eval_cam", "ir_label", "train_irn", "irn_infer", "sem_seg", "ins_seg", "export", "eval_sem_seg",
-                    "eval_ins_seg", "merge_review", "train_seg", "eval_seg"),
+                    "eval_ins_seg", "merge_review", "train_seg", "eval_seg", pseudo_masks),
           sections=("report", "ins_seg", "eval_cam"), version=1, image_splits=infer_split, run="report:run"),
 ]}

@@ -72,10 +72,16 @@ class Stage:
     name a section (the section of the chosen model); ``ignores`` drops keys of those sections
     that the stage does not read; ``files`` are keys whose value may be a file path, hashed
     by content.
+
+    ``upstream`` entries may be functions of the config that name a stage (export reads
+    sam_refine's masks when SAM is on, else ins_seg's), and ``enabled_by`` names a boolean
+    config key without which the stage is not part of the pipeline at all: ``Pipeline``
+    resolves both when it is made, so an optional stage that is off changes no other stage's
+    upstream, fingerprint or cache.
     """
     name: str
     description: str
-    upstream: tuple[str, ...]
+    upstream: tuple[str | Callable[[dict], str], ...]
     sections: tuple[str | Callable[[dict], str], ...]
     version: int
     image_splits: Callable[[dict], list[str]]
@@ -90,6 +96,18 @@ class Stage:
     ignores: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
     input_files: tuple[str, ...] = ()   # files under the work dir whose content it depends on
+    enabled_by: str | None = None       # "section.key": a bool that must be true for the stage to exist
+
+    def enabled(self, cfg: dict) -> bool:
+        if self.enabled_by is None:
+            return True
+        section, key = self.enabled_by.split(".", 1)
+        return bool(cfg[section][key])
+
+    def bound(self, cfg: dict) -> "Stage":
+        """This stage with its upstream resolved for ``cfg``: names only, each once."""
+        names = (u(cfg) if callable(u) else u for u in self.upstream)
+        return dataclasses.replace(self, upstream=tuple(dict.fromkeys(names)))
 
     def config_read(self, cfg: dict) -> dict[str, object]:
         """{"section" or "section.key": value} of the config this stage reads."""
@@ -140,6 +158,11 @@ class Pipeline:
     _running: Stage | None = None
     _forced: frozenset = frozenset()
 
+    def __post_init__(self):
+        # the stages as this config wires them; those it turns off are left out
+        self.off = {n: s for n, s in self.stages.items() if not s.enabled(self.cfg)}
+        self.stages = {n: s.bound(self.cfg) for n, s in self.stages.items() if n not in self.off}
+
     @property
     def hashes(self) -> "ContentHashes":
         if self._hashes is None:
@@ -151,6 +174,9 @@ class Pipeline:
         """``target`` and everything upstream of it, dependencies first ("all": every stage)."""
         if target == "all":
             names = list(self.stages)
+        elif target in self.off:
+            key = self.off[target].enabled_by
+            raise WsisError(f"stage '{target}' is off in this config: set {key} = true (--set {key}=true)")
         elif target not in self.stages:
             raise WsisError(f"unknown stage '{target}' (stages: {', '.join(self.stages)}, all)")
         else:

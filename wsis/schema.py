@@ -72,6 +72,17 @@ def weights_choice(v: str) -> str | None:
     return "must be 'none', 'imagenet' or the path of an existing .pth file"
 
 
+SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+SAM_PACKAGE_MISSING = ("sam.enabled = true needs Meta's segment-anything package: "
+                       "pip install 'wsis[sam]' (or pip install segment-anything)")
+
+
+def sam_checkpoint_choice(v: str) -> str | None:
+    if v in SAM_MODEL_TYPES or Path(v).expanduser().is_file():
+        return None
+    return f"must be one of {', '.join(SAM_MODEL_TYPES)} or the path of an existing .pth file"
+
+
 FRACTION = between(0.0, 1.0)
 MOMENTUM = between(0.0, 1.0, high_open=True)
 OPTIMIZER = one_of("sgd", "adam")
@@ -128,6 +139,12 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "ins_seg.min_area_fraction": (FRACTION,),
     "ins_seg.clustering": (one_of("weak_region", "endpoints"),),
     "ins_seg.exp_times": (at_least(-1),),
+    "sam.checkpoint": (sam_checkpoint_choice,),
+    "sam.model_type": (one_of("", *SAM_MODEL_TYPES),),
+    "sam.min_agreement": (between(0.0, 1.0), above(0)),
+    "sam.positive_points": (at_least(0),),
+    "sam.negative_points": (at_least(0),),
+    "sam.score_weight": (FRACTION,),
     "export.score_threshold": (at_least(0),),
     "export.min_area": (at_least(0),),
     "eval_ins_seg.iou_thresholds": (non_empty, each(between(0.0, 1.0)), each(above(0))),
@@ -193,8 +210,21 @@ def _solo_lengths(cfg: dict) -> str | None:
     return None
 
 
+def _sam_model(cfg: dict) -> str | None:
+    """A named checkpoint fixes the architecture; SAM's package is needed only when enabled."""
+    s = cfg.get("sam", {})
+    name, model_type = s.get("checkpoint"), s.get("model_type")
+    if name in SAM_MODEL_TYPES and model_type and model_type != name and not Path(name).is_file():
+        return f"sam.model_type = {model_type!r} contradicts sam.checkpoint = {name!r}; leave model_type empty"
+    if s.get("enabled"):
+        from importlib.util import find_spec
+        if find_spec("segment_anything") is None:
+            return SAM_PACKAGE_MISSING
+    return None
+
+
 # Rules over several keys; each returns the problem (naming the keys) or None.
-CROSS_CHECKS: tuple[Callable[[dict], "str | None"], ...] = (_solo_lengths, _seg_training_files)
+CROSS_CHECKS: tuple[Callable[[dict], "str | None"], ...] = (_solo_lengths, _seg_training_files, _sam_model)
 
 
 def type_name(template: Any) -> str:

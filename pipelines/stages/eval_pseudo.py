@@ -9,7 +9,7 @@ from wsis.io import read_json, read_label_png, read_npz, write_json
 from wsis.metrics import InstanceAP, confusion_matrix, iou_from_confusion, mean_ap, mean_iou
 
 from ..engine import METRICS, Job
-from .export import EXPORT_FILE
+from .export import EXPORT_FILE, instance_dir
 
 
 def run_semantic(job: Job) -> None:
@@ -57,7 +57,7 @@ def run_instance(job: Job) -> None:
     gt_path = job.out_dir / "ground_truth_coco.json"
 
     def predict(entry, image_id):
-        z = read_npz(job.inputs["ins_seg"] / f"{image_id}.npz")
+        z = read_npz(instance_dir(job.inputs) / f"{image_id}.npz")
         n = len(z["classes"])
         return z["instances"][None] == np.arange(1, n + 1)[:, None, None], z["classes"], z["scores"]
 

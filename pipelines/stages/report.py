@@ -19,7 +19,7 @@ from wsis.review.queue import QUEUE_FILE, ModelAgreement, build_queue, instance_
 
 from ..engine import MANIFEST, METRICS, Job, Pipeline
 from ..trainer import LOSS_HISTORY_FILE
-from .export import EXPORT_FILE
+from .export import EXPORT_FILE, instance_dir
 
 TRAINING_STAGES = ("train_cam", "train_irn", "train_seg")
 
@@ -32,7 +32,7 @@ def queue_of(job: Job) -> dict:
     model = None
     if "train_seg" in inputs and (inputs["train_seg"] / "model.pt").is_file():
         model = ModelAgreement(inputs["train_seg"], job.dataset, job.device)
-    return build_queue(job.dataset, job.ids, inputs["ins_seg"], inputs.get("sem_seg"),
+    return build_queue(job.dataset, job.ids, instance_dir(inputs), inputs.get("sem_seg"),
                        job.cfg["ins_seg"]["bg_threshold"], model, job.progress(len(job.ids)),
                        inputs.get("make_cam"), job.cfg["eval_cam"]["bg_threshold"])
 
@@ -127,7 +127,7 @@ def _gallery_row(job: Job, rank: int, entry: dict, irn_dir) -> dict:
         boundary, _ = read_irn_outputs(irn_dir, image_id)
         up = np.array(Image.fromarray(boundary.astype(np.float32)).resize(image.shape[1::-1], Image.BILINEAR))
         add(gallery.grey(up), "boundary.jpg", "boundary map")
-    z = read_npz(inputs["ins_seg"] / f"{image_id}.npz")
+    z = read_npz(instance_dir(inputs) / f"{image_id}.npz")
     masks = instance_masks(z)
     texts = [f"{names[c]} {s:.2f}" for c, s in zip(z["classes"].tolist(), z["scores"].tolist())]
     add(gallery.instance_overlay(image, masks, z["classes"], texts), "instances.jpg",

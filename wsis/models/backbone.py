@@ -28,6 +28,21 @@ def _weights_enum(depth: int):
     return getattr(torchvision.models, f"ResNet{depth}_Weights").IMAGENET1K_V1
 
 
+def download_failed(what: str, url: str, error: Exception, key: str, otherwise: str = "") -> WsisError:
+    """The one-line error of a weights download that failed (offline, a proxy, ...): what and
+    from where, why, and how to pass a local file instead (``--set key=/path/to/file.pth``)."""
+    return WsisError(f"could not download {what} from {url} ({type(error).__name__}: {error}); "
+                     f"download that file elsewhere and pass --set {key}=/path/to/file.pth{otherwise}")
+
+
+def load_weights_file(path: Path):
+    """A local PyTorch weights file, read without running pickled code (``weights_only``)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WsisError(f"{path}: not a readable PyTorch weights file ({e})") from None
+
+
 def load_imagenet_state(depth: int, weights: str) -> dict | None:
     """State dict for ``backbone.weights``: "none", "imagenet" or a local .pth path."""
     if weights in ("", "none", LOAD_LATER):
@@ -37,17 +52,12 @@ def load_imagenet_state(depth: int, weights: str) -> dict | None:
         try:
             return enum.get_state_dict(progress=True)
         except Exception as e:  # urllib/socket/SSL errors all mean: could not download
-            raise WsisError(
-                f"could not download ImageNet weights for resnet{depth} from {enum.url} ({type(e).__name__}: {e}); "
-                f"download that file elsewhere and pass --set backbone.weights=/path/to/file.pth, "
-                f"or train from scratch with --set backbone.weights=none") from None
+            raise download_failed(f"ImageNet weights for resnet{depth}", enum.url, e, "backbone.weights",
+                                  ", or train from scratch with --set backbone.weights=none") from None
     path = Path(weights)
     if not path.is_file():
         raise ConfigError(f"backbone.weights: {path}: file not found (use 'none', 'imagenet' or a .pth path)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WsisError(f"{path}: not a readable PyTorch weights file ({e})") from None
+    state = load_weights_file(path)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     return state
