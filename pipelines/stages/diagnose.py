@@ -198,7 +198,7 @@ def run_diagnose(pipeline: Pipeline, rows: list[str], limit: int | None = None, 
     out_dir = pipeline.work_dir / DIAGNOSE_DIR
     worst = sorted(ids, key=lambda i: (scores["baseline"].quality[i], i))[:max(figures, 0)]
     figure_files = draw_worst(pipeline, worst, scores["baseline"].quality, out_dir, device)
-    result = {"split": split, "images": len(ids), "limit": limit, "rows": table,
+    result = {"split": split, "images": len(ids), "limit": limit, "rows": table, "order": rows,
               "relation_band_px": oracles.RELATION_BAND if relations_dir is not None else None,
               "seconds": round(time.monotonic() - start, 1),
               "baseline_gt_iou": scores["baseline"].quality,
@@ -223,7 +223,33 @@ def draw_worst(pipeline: Pipeline, ids: list[str], quality: dict[str, float], ou
         synthesis = row_synthesis(inputs, (), pipeline.cfg, device)
         name = f"worst_{rank:02d}_{image_id.replace('/', '_')}.png"
         diagnostic_figure(pipeline.dataset.load_image(image_id, original=True), inputs["boundary"][0], inputs["displacement"][0],
-                          synthesis, inputs["gt"], pipeline.cfg["ins_seg"]["cluster_threshold"],
+                          synthesis, inputs["gt"], pipeline.dataset.class_names,
+                          pipeline.cfg["ins_seg"]["cluster_threshold"],
                           f"{image_id}: GT IoU {quality[image_id]:.2f}", out_dir / name)
         names.append(name)
     return names
+
+
+REPORT_KEYS = ("mAP50", "mAP70", "instances_per_image", "gt_instances_per_image", "under_segmented",
+               "over_segmented")
+
+
+def report_section(work_dir: Path, report_dir: Path) -> tuple[dict, list[tuple[str, str]]]:
+    """What the HTML report shows of ``wsis diagnose`` when it has run: the table as metrics
+    ({"diagnose": {row: {figure: value}}}) and the worst images' figures as plots (paths
+    relative to ``report_dir``); ({}, []) otherwise."""
+    from wsis.io import read_json_or_none
+    result = read_json_or_none(work_dir / DIAGNOSE_DIR / RESULT_FILE)
+    if not isinstance(result, dict) or not isinstance(result.get("rows"), dict):
+        return {}, []
+    order = result.get("order") or list(result["rows"])      # write_json sorts the keys
+    metrics = {"diagnose": {row: {k: v for k, v in result["rows"][row].items() if k in REPORT_KEYS}
+                            for row in order if row in result["rows"]}}
+    plots = []
+    for rank, worst in enumerate(result.get("worst_images", []), start=1):
+        path = work_dir / DIAGNOSE_DIR / worst["figure"]
+        if path.is_file():
+            plots.append((os.path.relpath(path, report_dir),
+                          f"Oracle ablation, worst image #{rank} of the baseline: {worst['id']} "
+                          f"(GT IoU {worst['gt_iou']:.2f}): boundary, displacement, clusters"))
+    return metrics, plots

@@ -44,7 +44,8 @@ def cluster_colours(clusters: np.ndarray, centroid_region: np.ndarray) -> np.nda
 
 
 def diagnostic_figure(image: np.ndarray, boundary: np.ndarray, displacement: np.ndarray, synthesis,
-                      gt, cluster_threshold: float, title: str, path: Path, arrows: bool = True) -> Path:
+                      gt, class_names, cluster_threshold: float, title: str, path: Path,
+                      arrows: bool = True) -> Path:
     """One row of five panels: the image with its ground truth; the boundary map; the
     displacement field (colour wheel, arrows every few cells); the clusters with their
     centroid regions dark and the centroids' end points as dots; the detections."""
@@ -52,7 +53,7 @@ def diagnostic_figure(image: np.ndarray, boundary: np.ndarray, displacement: np.
     h, w = boundary.shape
     fig, axes = plt.subplots(1, 5, figsize=(15, 3.4))
     extent = (-0.5, w - 0.5, h - 0.5, -0.5)     # grid panels in cell coordinates
-    axes[0].imshow(instance_overlay(image, gt.masks, gt.classes, [""] * len(gt.classes)))
+    axes[0].imshow(instance_overlay(image, gt.masks, gt.classes, [class_names[c] for c in gt.classes]))
     axes[0].set_title(f"ground truth ({len(gt.classes)})", fontsize=9)
     axes[1].imshow(boundary, cmap="gray", vmin=0, vmax=1, extent=extent)
     axes[1].set_title("boundary map", fontsize=9)
@@ -73,7 +74,8 @@ def diagnostic_figure(image: np.ndarray, boundary: np.ndarray, displacement: np.
     axes[3].set_title(f"{int(synthesis.clusters.max())} clusters, dark: |D| < {cluster_threshold:g}", fontsize=9)
     keep = np.flatnonzero(synthesis.scores > 0)
     masks = synthesis.instances[None] == (keep + 1)[:, None, None]
-    axes[4].imshow(instance_overlay(image, masks, synthesis.classes[keep], [""] * len(keep)))
+    axes[4].imshow(instance_overlay(image, masks, synthesis.classes[keep],
+                                    [class_names[c] for c in synthesis.classes[keep]]))
     axes[4].set_title(f"pseudo-instances ({len(keep)} with score > 0)", fontsize=9)
     for ax in axes:
         ax.set_xticks([])
