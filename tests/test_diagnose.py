@@ -147,7 +147,7 @@ def test_gt_quality_by_hand():
 def diagnosed(tiny_data, tmp_path_factory):
     """``wsis diagnose`` on a fresh work dir: it runs make_cam .. irn_infer itself first."""
     work = tmp_path_factory.mktemp("diag") / "tiny"
-    proc = wsis("diagnose", "--oracles", "cam,boundary,displacement,all,relations", "--limit", "6",
+    proc = wsis("diagnose", "--oracles", "cam,boundary,displacement,all,relations,instance_relations", "--limit", "6",
                 "--figures", "2", *tiny_args(tiny_data, work), "--device", "cpu")
     return work, proc
 
@@ -158,7 +158,8 @@ def test_diagnose_command_writes_the_table(diagnosed):
         assert json.loads((work / stage / "manifest.json").read_text())["status"] == "done"
     result = json.loads((work / "diagnose" / "oracles.json").read_text())
     assert result["images"] == 6
-    assert result["order"] == ["baseline", "cam", "relations", "boundary", "displacement", "all"]
+    assert result["order"] == ["baseline", "cam", "relations", "instance_relations", "boundary", "displacement",
+                               "all"]
     assert set(result["rows"]) == set(result["order"])
     for name, row in result["rows"].items():
         assert 0 <= row["mAP70"] <= row["mAP50"] <= 1, name
@@ -189,6 +190,11 @@ def test_relation_oracle_retrains_irnet_on_ground_truth_labels(diagnosed, tiny_d
     assert json.loads((sub / "irn_infer" / "manifest.json").read_text())["status"] == "done"
     # IRNet retrained, not the main one copied
     assert (sub / "train_irn" / "model.pt").read_bytes() != (work / "train_irn" / "model.pt").read_bytes()
+    # instance labels: instance n is n, with the same band at every change, touching instances included
+    instances, _, semantic = oracles.processing_ground_truth(ds, image_id)
+    labels = read_label_png(work / "diagnose" / "instance_relations" / "ir_label" / f"{image_id}.png")
+    assert np.array_equal(labels, oracles.oracle_relation_labels(instances.astype(np.uint8)))
+    assert set(np.unique(labels)) <= set(range(len(ds.instance_gt(image_id).classes) + 1)) | {255}
 
 
 def test_report_shows_the_diagnosis(diagnosed, tiny_data):

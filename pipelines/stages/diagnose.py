@@ -35,11 +35,14 @@ from .irn_infer import read_irn_outputs
 DIAGNOSE_DIR = "diagnose"
 RESULT_FILE = "oracles.json"
 TABLE_FILE = "oracles.txt"
-RELATIONS_DIR = "relations"
 # the inputs a row replaces; "relations" replaces IRNet's boundary and displacement by the
-# outputs of an IRNet trained on oracle relation labels
-ROWS = {"baseline": (), "cam": ("cam",), "relations": ("relations",), "boundary": ("boundary",),
+# outputs of an IRNet trained on oracle relation labels, "instance_relations" by those of one
+# trained on ground-truth instance labels (touching instances of one class then give negative
+# pairs: what semantic relation labels, oracle or not, cannot give)
+ROWS = {"baseline": (), "cam": ("cam",), "relations": ("relations",),
+        "instance_relations": ("instance_relations",), "boundary": ("boundary",),
         "displacement": ("displacement",), "all": ("cam", "boundary", "displacement")}
+RETRAINED = ("relations", "instance_relations")     # rows that retrain IRNet
 DEFAULT_ORACLES = ("cam", "boundary", "displacement", "all")
 THRESHOLDS = (0.5, 0.7)
 
@@ -62,11 +65,20 @@ def oracle_relation_process(job: Job, ids: list[str]) -> None:
         write_label_png(job.out_dir / f"{image_id}.png", oracles.oracle_relation_labels(semantic))
 
 
-def relation_oracle_pipeline(pipeline: Pipeline) -> Pipeline:
-    """train_irn and irn_infer of ``pipeline`` over oracle relation labels, in
-    ``<work-dir>/diagnose/relations``; its train_cam is the main work dir's (linked)."""
+def oracle_instance_relation_process(job: Job, ids: list[str]) -> None:
+    """As ``oracle_relation_process``, with instance n labelled n (void stays 255)."""
+    for image_id in ids:
+        instances, _, semantic = oracles.processing_ground_truth(job.dataset, image_id)
+        labels = np.where(semantic == oracles.IGNORE, oracles.IGNORE, np.minimum(instances, 254)).astype(np.uint8)
+        write_label_png(job.out_dir / f"{image_id}.png", oracles.oracle_relation_labels(labels))
+
+
+def relation_oracle_pipeline(pipeline: Pipeline, kind: str = "relations") -> Pipeline:
+    """train_irn and irn_infer of ``pipeline`` over oracle relation labels (``kind``: "relations",
+    semantic; "instance_relations", per instance), in ``<work-dir>/diagnose/<kind>``; its
+    train_cam is the main work dir's (linked)."""
     from ..dag import STAGES
-    work = pipeline.work_dir / DIAGNOSE_DIR / RELATIONS_DIR
+    work = pipeline.work_dir / DIAGNOSE_DIR / kind
     work.mkdir(parents=True, exist_ok=True)
     link = work / "train_cam"
     target = pipeline.out_dir(pipeline.stages["train_cam"]).resolve()
@@ -75,8 +87,9 @@ def relation_oracle_pipeline(pipeline: Pipeline) -> Pipeline:
             link.unlink()
         os.symlink(target, link)
     label_stage = dataclasses.replace(
-        STAGES["ir_label"], upstream=(), sections=(), per_image=oracle_relation_process, reads_images=False,
-        description="relation labels from the ground truth (oracle)",
+        STAGES["ir_label"], upstream=(), sections=(), reads_images=False,
+        per_image=oracle_relation_process if kind == "relations" else oracle_instance_relation_process,
+        description=f"{kind.replace('_', ' ')} labels from the ground truth (oracle)",
         version=100 + oracles.RELATION_BAND)
     stages = {"train_cam": STAGES["train_cam"], "ir_label": label_stage,
               "train_irn": STAGES["train_irn"], "irn_infer": STAGES["irn_infer"]}
@@ -126,19 +139,19 @@ class RowScore:
 
 
 def format_table(rows: dict[str, dict], images: int) -> str:
-    head = (f"{'oracle':<13}{'mAP50':>7}{'mAP70':>7}{'inst/img':>10}{'GT/img':>8}{'under':>7}{'over':>7}"
+    head = (f"{'oracle':<20}{'mAP50':>7}{'mAP70':>7}{'inst/img':>10}{'GT/img':>8}{'under':>7}{'over':>7}"
             f"{'GT IoU':>8}")
     lines = [f"oracle ablation of the instance pseudo-labels, {images} images (mAP in %, rates in % of images)",
              head, "-" * len(head)]
     for name, r in rows.items():
-        lines.append(f"{name:<13}{100 * r['mAP50']:>7.1f}{100 * r['mAP70']:>7.1f}{r['instances_per_image']:>10.2f}"
+        lines.append(f"{name:<20}{100 * r['mAP50']:>7.1f}{100 * r['mAP70']:>7.1f}{r['instances_per_image']:>10.2f}"
                      f"{r['gt_instances_per_image']:>8.2f}{100 * r['under_segmented']:>7.1f}"
                      f"{100 * r['over_segmented']:>7.1f}{r['mean_gt_iou']:>8.3f}")
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the run
-def image_inputs(pipeline: Pipeline, image_id: str, relations_dir: Path | None) -> dict:
+def image_inputs(pipeline: Pipeline, image_id: str, retrained: dict[str, Path]) -> dict:
     """The cached inputs of one image, each oracle, and its ground truth."""
     ds = pipeline.dataset
     z = read_npz(pipeline.out_dir(pipeline.stages["make_cam"]) / f"{image_id}.npz")
@@ -155,15 +168,16 @@ def image_inputs(pipeline: Pipeline, image_id: str, relations_dir: Path | None) 
            "boundary": (boundary, oracles.oracle_boundary(grid)),
            "displacement": (displacement, oracles.oracle_displacement(grid)),
            "gt": ds.instance_gt(image_id), "grid": grid}
-    if relations_dir is not None:
-        out["relations"] = read_irn_outputs(relations_dir, image_id)
+    for kind, irn_dir in retrained.items():
+        out[kind] = read_irn_outputs(irn_dir, image_id)
     return out
 
 
 def row_synthesis(inputs: dict, replaced: tuple[str, ...], cfg: dict, device: str) -> oracles.Synthesis:
     pick = {k: inputs[k][1 if k in replaced else 0] for k in ("cam", "boundary", "displacement")}
-    if "relations" in replaced:
-        pick["boundary"], pick["displacement"] = inputs["relations"]
+    for kind in RETRAINED:
+        if kind in replaced:
+            pick["boundary"], pick["displacement"] = inputs[kind]
     return oracles.synthesize_instances(pick["cam"], inputs["classes"], pick["boundary"], pick["displacement"],
                                         cfg, device, inputs["size"], inputs["out_size"])
 
@@ -178,11 +192,12 @@ def run_diagnose(pipeline: Pipeline, rows: list[str], limit: int | None = None, 
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit}: must be at least 1")
     pipeline.run("irn_infer")      # make_cam, ir_label, train_irn, irn_infer: whatever is missing or stale
-    relations_dir = None
-    if "relations" in rows:
-        sub = relation_oracle_pipeline(pipeline)
-        sub.run("irn_infer")
-        relations_dir = sub.out_dir(sub.stages["irn_infer"])
+    retrained = {}
+    for kind in RETRAINED:
+        if kind in rows:
+            sub = relation_oracle_pipeline(pipeline, kind)
+            sub.run("irn_infer")
+            retrained[kind] = sub.out_dir(sub.stages["irn_infer"])
     device = resolve_device(pipeline.device)
     split = pipeline.cfg["data"]["infer_split"]
     ids = list(ds.ids(split))[:limit] if limit else list(ds.ids(split))
@@ -190,7 +205,7 @@ def run_diagnose(pipeline: Pipeline, rows: list[str], limit: int | None = None, 
     progress = Progress("diagnose", len(ids))
     start = time.monotonic()
     for image_id in ids:
-        inputs = image_inputs(pipeline, image_id, relations_dir)
+        inputs = image_inputs(pipeline, image_id, retrained)
         for name in rows:
             scores[name].add(image_id, row_synthesis(inputs, ROWS[name], pipeline.cfg, device), inputs["gt"])
         progress.update(1)
@@ -199,7 +214,7 @@ def run_diagnose(pipeline: Pipeline, rows: list[str], limit: int | None = None, 
     worst = sorted(ids, key=lambda i: (scores["baseline"].quality[i], i))[:max(figures, 0)]
     figure_files = draw_worst(pipeline, worst, scores["baseline"].quality, out_dir, device)
     result = {"split": split, "images": len(ids), "limit": limit, "rows": table, "order": rows,
-              "relation_band_px": oracles.RELATION_BAND if relations_dir is not None else None,
+              "relation_band_px": oracles.RELATION_BAND if retrained else None,
               "seconds": round(time.monotonic() - start, 1),
               "baseline_gt_iou": scores["baseline"].quality,
               "worst_images": [{"id": i, "gt_iou": scores["baseline"].quality[i], "figure": f}
@@ -219,7 +234,7 @@ def draw_worst(pipeline: Pipeline, ids: list[str], quality: dict[str, float], ou
     from wsis.diagnose.figures import diagnostic_figure
     names = []
     for rank, image_id in enumerate(ids, start=1):
-        inputs = image_inputs(pipeline, image_id, None)
+        inputs = image_inputs(pipeline, image_id, {})
         synthesis = row_synthesis(inputs, (), pipeline.cfg, device)
         name = f"worst_{rank:02d}_{image_id.replace('/', '_')}.png"
         diagnostic_figure(pipeline.dataset.load_image(image_id, original=True), inputs["boundary"][0], inputs["displacement"][0],
