@@ -11,6 +11,7 @@ from conftest import TINY, tiny_args, wsis
 from wsis.config import load_config
 from wsis.data import open_dataset
 from wsis.diagnose import oracles
+from wsis.errors import ConfigError
 from wsis.metrics import InstanceAP, mean_ap
 
 # A 12 x 16 image: instance 1 (class 2) fills rows 0-7, columns 0-7; instance 2 (class 0)
@@ -147,7 +148,8 @@ def test_gt_quality_by_hand():
 def diagnosed(tiny_data, tmp_path_factory):
     """``wsis diagnose`` on a fresh work dir: it runs make_cam .. irn_infer itself first."""
     work = tmp_path_factory.mktemp("diag") / "tiny"
-    proc = wsis("diagnose", "--oracles", "cam,boundary,displacement,all,relations,instance_relations", "--limit", "6",
+    proc = wsis("diagnose", "--oracles", "cam,boundary,displacement,all,relations,instance_relations,cam+relations",
+                "--limit", "6",
                 "--figures", "2", *tiny_args(tiny_data, work), "--device", "cpu")
     return work, proc
 
@@ -159,7 +161,7 @@ def test_diagnose_command_writes_the_table(diagnosed):
     result = json.loads((work / "diagnose" / "oracles.json").read_text())
     assert result["images"] == 6
     assert result["order"] == ["baseline", "cam", "relations", "instance_relations", "boundary", "displacement",
-                               "all"]
+                               "all", "cam+relations"]
     assert set(result["rows"]) == set(result["order"])
     for name, row in result["rows"].items():
         assert 0 <= row["mAP70"] <= row["mAP50"] <= 1, name
@@ -217,6 +219,17 @@ def test_diagnose_skips_a_dataset_without_masks(data_copy, tmp_path):
     assert proc.returncode == 0
     assert "diagnose: skipped: dataset 'folder' has no ground-truth masks" in proc.stdout
     assert not work.exists()
+
+
+def test_oracle_rows_parse():
+    from pipelines.stages.diagnose import parse_oracles, replaced_inputs
+    assert parse_oracles("all,cam") == ["baseline", "cam", "all"]
+    assert parse_oracles("displacement+cam, boundary") == ["baseline", "boundary", "displacement+cam"]
+    assert replaced_inputs("all") == ("cam", "boundary", "displacement")
+    assert replaced_inputs("cam+relations") == ("cam", "relations")
+    for bad in ("baseline", "cam,walk", "cam+", "relations+instance_relations", ""):
+        with pytest.raises(ConfigError, match="--oracles"):
+            parse_oracles(bad)
 
 
 def test_diagnose_rejects_an_unknown_oracle(tiny_data, tmp_path):

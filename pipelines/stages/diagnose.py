@@ -43,18 +43,25 @@ ROWS = {"baseline": (), "cam": ("cam",), "relations": ("relations",),
         "instance_relations": ("instance_relations",), "boundary": ("boundary",),
         "displacement": ("displacement",), "all": ("cam", "boundary", "displacement")}
 RETRAINED = ("relations", "instance_relations")     # rows that retrain IRNet
-DEFAULT_ORACLES = ("cam", "boundary", "displacement", "all")
 THRESHOLDS = (0.5, 0.7)
 
 
+def replaced_inputs(row: str) -> tuple[str, ...]:
+    """The inputs a row replaces: a row of ``ROWS``, or oracles joined by "+" ("cam+displacement")."""
+    return tuple(dict.fromkeys(k for part in row.split("+") for k in ROWS[part]))
+
+
 def parse_oracles(text: str) -> list[str]:
-    """The rows of ``--oracles`` (comma-separated), baseline first, in table order."""
-    asked = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [t for t in asked if t not in ROWS or t == "baseline"]
-    if unknown or not asked:
+    """The rows of ``--oracles`` (comma-separated; a row may join oracles with "+"), baseline
+    first, then the named rows in table order, then the joined ones as given."""
+    asked = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    bad = [t for t in asked if t == "baseline" or any(p not in ROWS or p == "baseline" for p in t.split("+"))
+           or sum(p in RETRAINED for p in t.split("+")) > 1]
+    if bad or not asked:
         raise ConfigError(f"--oracles {text}: expected a comma-separated list of "
-                          f"{', '.join(r for r in ROWS if r != 'baseline')}")
-    return ["baseline"] + [r for r in ROWS if r in asked]
+                          f"{', '.join(r for r in ROWS if r != 'baseline')} (or several joined by +, "
+                          f"at most one of {' and '.join(RETRAINED)})")
+    return ["baseline"] + [r for r in ROWS if r in asked] + [t for t in asked if t not in ROWS]
 
 
 # ------------------------------------------------------------------ the relation-label oracle
@@ -194,7 +201,7 @@ def run_diagnose(pipeline: Pipeline, rows: list[str], limit: int | None = None, 
     pipeline.run("irn_infer")      # make_cam, ir_label, train_irn, irn_infer: whatever is missing or stale
     retrained = {}
     for kind in RETRAINED:
-        if kind in rows:
+        if any(kind in replaced_inputs(r) for r in rows):
             sub = relation_oracle_pipeline(pipeline, kind)
             sub.run("irn_infer")
             retrained[kind] = sub.out_dir(sub.stages["irn_infer"])
@@ -207,7 +214,7 @@ def run_diagnose(pipeline: Pipeline, rows: list[str], limit: int | None = None, 
     for image_id in ids:
         inputs = image_inputs(pipeline, image_id, retrained)
         for name in rows:
-            scores[name].add(image_id, row_synthesis(inputs, ROWS[name], pipeline.cfg, device), inputs["gt"])
+            scores[name].add(image_id, row_synthesis(inputs, replaced_inputs(name), pipeline.cfg, device), inputs["gt"])
         progress.update(1)
     table = {name: s.result() for name, s in scores.items()}
     out_dir = pipeline.work_dir / DIAGNOSE_DIR

@@ -71,7 +71,7 @@ def diagnostic_figure(image: np.ndarray, boundary: np.ndarray, displacement: np.
     axes[3].imshow(cluster_colours(synthesis.clusters, weak), extent=extent)
     ends = np.unique(synthesis.centroids.reshape(2, -1), axis=1)
     axes[3].scatter(ends[1], ends[0], s=6, c="white", edgecolors="black", linewidths=0.3)
-    axes[3].set_title(f"{int(synthesis.clusters.max())} clusters, dark: |D| < {cluster_threshold:g}", fontsize=9)
+    axes[3].set_title(f"clusters: {int(synthesis.clusters.max())} (dark: |D| < {cluster_threshold:g})", fontsize=9)
     keep = np.flatnonzero(synthesis.scores > 0)
     masks = synthesis.instances[None] == (keep + 1)[:, None, None]
     axes[4].imshow(instance_overlay(image, masks, synthesis.classes[keep],
