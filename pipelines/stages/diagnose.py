@@ -239,12 +239,15 @@ def draw_worst(pipeline: Pipeline, ids: list[str], quality: dict[str, float], ou
     """One PNG per image under ``out_dir`` (the baseline's inputs and result); returns the
     file names."""
     from wsis.diagnose.figures import diagnostic_figure
+    for old in out_dir.glob("worst_*.png"):       # an earlier run's worst images
+        old.unlink()
     names = []
     for rank, image_id in enumerate(ids, start=1):
         inputs = image_inputs(pipeline, image_id, {})
         synthesis = row_synthesis(inputs, (), pipeline.cfg, device)
         name = f"worst_{rank:02d}_{image_id.replace('/', '_')}.png"
-        diagnostic_figure(pipeline.dataset.load_image(image_id, original=True), inputs["boundary"][0], inputs["displacement"][0],
+        diagnostic_figure(pipeline.dataset.load_image(image_id, original=True), inputs["boundary"][0],
+                          inputs["displacement"][0],
                           synthesis, inputs["gt"], pipeline.dataset.class_names,
                           pipeline.cfg["ins_seg"]["cluster_threshold"],
                           f"{image_id}: GT IoU {quality[image_id]:.2f}", out_dir / name)
