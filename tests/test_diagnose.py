@@ -86,6 +86,27 @@ def test_oracle_displacement_drives_find_centroids_to_one_point_per_instance():
     assert clusters[grid == 1][0] != clusters[grid == 2][0]
 
 
+def test_oracle_clusters_put_background_in_an_instance_of_its_own():
+    clusters = oracles.oracle_clusters(TOY_GRID)
+    assert np.array_equal(clusters, np.where(TOY_GRID == 0, 3, TOY_GRID))
+    # given to the synthesis, they replace the displacement's clusters: with the toy's CAMs and
+    # boundary, the two instances come out whatever the displacement says
+    cfg = load_config("synthetic", TINY, ())
+    grid = np.zeros((12, 16), np.int32)
+    grid[2:7, 2:7], grid[5:10, 7:12] = 1, 2          # touching, one class
+    classes = np.array([1, 1])
+    s = oracles.synthesize_instances(oracles.oracle_cams(grid, classes, [1]), [1], oracles.oracle_boundary(grid),
+                                     np.zeros((2, 12, 16), np.float32), cfg, "cpu", (48, 64),
+                                     clusters=oracles.oracle_clusters(grid))
+    assert s.centroids is None and np.array_equal(s.clusters, oracles.oracle_clusters(grid))
+    assert int((s.scores > 0).sum()) == 2
+    truth = np.kron(grid, np.ones((4, 4), np.int32))           # the grid's instances at 48 x 64
+    for n in (1, 2):
+        overlap = [((s.instances == k) & (truth == n)).sum() / ((s.instances == k) | (truth == n)).sum()
+                   for k in range(1, len(s.classes) + 1)]
+        assert max(overlap) > 0.8
+
+
 def test_oracle_relation_labels_have_a_band_around_every_label_change():
     sem = np.zeros((6, 7), np.uint8)
     sem[1:5, 1:4] = 3

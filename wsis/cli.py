@@ -349,7 +349,8 @@ def review_import(file, **common):
 @click.option("--oracles", "oracle_rows", default="cam,boundary,displacement,all", show_default=True,
               help="Rows of the ablation besides the baseline: cam, relations (retrains IRNet on ground-truth "
                    "semantic relation labels), instance_relations (... on instance labels), boundary, "
-                   "displacement, all (cam + boundary + displacement); a row may join several with + "
+                   "displacement, clusters (GT instances for the displacement clusters), all (cam + boundary + "
+                   "displacement); a row may join several with + "
                    "(cam+displacement).")
 @click.option("--limit", type=int, default=None, help="Score only the first N images of the infer split.")
 @click.option("--figures", type=click.IntRange(min=0), default=6, show_default=True,

@@ -38,10 +38,11 @@ TABLE_FILE = "oracles.txt"
 # the inputs a row replaces; "relations" replaces IRNet's boundary and displacement by the
 # outputs of an IRNet trained on oracle relation labels, "instance_relations" by those of one
 # trained on ground-truth instance labels (touching instances of one class then give negative
-# pairs: what semantic relation labels, oracle or not, cannot give)
+# pairs: what semantic relation labels, oracle or not, cannot give); "clusters" replaces the
+# centroid search and clustering of the displacement field by the ground-truth instances
 ROWS = {"baseline": (), "cam": ("cam",), "relations": ("relations",),
         "instance_relations": ("instance_relations",), "boundary": ("boundary",),
-        "displacement": ("displacement",), "all": ("cam", "boundary", "displacement")}
+        "displacement": ("displacement",), "clusters": ("clusters",), "all": ("cam", "boundary", "displacement")}
 RETRAINED = ("relations", "instance_relations")     # rows that retrain IRNet
 THRESHOLDS = (0.5, 0.7)
 
@@ -174,6 +175,7 @@ def image_inputs(pipeline: Pipeline, image_id: str, retrained: dict[str, Path]) 
            "cam": (cams, oracles.oracle_cams(grid, instance_classes, classes)),
            "boundary": (boundary, oracles.oracle_boundary(grid)),
            "displacement": (displacement, oracles.oracle_displacement(grid)),
+           "clusters": (None, oracles.oracle_clusters(grid)),
            "gt": ds.instance_gt(image_id), "grid": grid}
     for kind, irn_dir in retrained.items():
         out[kind] = read_irn_outputs(irn_dir, image_id)
@@ -186,7 +188,8 @@ def row_synthesis(inputs: dict, replaced: tuple[str, ...], cfg: dict, device: st
         if kind in replaced:
             pick["boundary"], pick["displacement"] = inputs[kind]
     return oracles.synthesize_instances(pick["cam"], inputs["classes"], pick["boundary"], pick["displacement"],
-                                        cfg, device, inputs["size"], inputs["out_size"])
+                                        cfg, device, inputs["size"], inputs["out_size"],
+                                        inputs["clusters"][1] if "clusters" in replaced else None)
 
 
 def run_diagnose(pipeline: Pipeline, rows: list[str], limit: int | None = None, figures: int = 6) -> dict:

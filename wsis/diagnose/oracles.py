@@ -121,6 +121,13 @@ def oracle_displacement(grid_ids: np.ndarray) -> np.ndarray:
     return out
 
 
+def oracle_clusters(grid_ids: np.ndarray) -> np.ndarray:
+    """(h, w) int class-agnostic instance map as ``cluster_instances`` makes it (every cell in
+    one of 1..I): the ground-truth instances 1..N, and background as instance N + 1."""
+    n = int(grid_ids.max())
+    return np.where(grid_ids > 0, grid_ids, n + 1).astype(np.int64)
+
+
 def oracle_relation_labels(semantic: np.ndarray, band: int = RELATION_BAND) -> np.ndarray:
     """(H, W) uint8 relation labels from the ground-truth semantic labels (0 background, c + 1
     class c, 255 void): 255 on every pixel within ``band`` pixels (4-neighbour steps: a
@@ -143,20 +150,23 @@ class Synthesis(NamedTuple):
     scores: np.ndarray           # (N,) float32 score of each detection (0: under min area)
     score_maps: np.ndarray       # (K * I, H, W) normalised random-walk scores
     clusters: np.ndarray         # (h, w) class-agnostic instance map of the displacement clusters
-    centroids: np.ndarray        # (2, h, w) end point of each cell's centroid search
+    centroids: np.ndarray | None  # (2, h, w) end point of each cell's centroid search (None: clusters given)
 
 
 def synthesize_instances(cams: np.ndarray, classes, boundary: np.ndarray, displacement: np.ndarray,
                          cfg: dict, device: str, size: tuple[int, int],
-                         out_size: tuple[int, int] | None = None) -> Synthesis:
+                         out_size: tuple[int, int] | None = None, clusters: np.ndarray | None = None) -> Synthesis:
     """Ahn et al. 2019, step 6, for one image: centroids of the displacement field ->
     clusters -> CAM x cluster seeds -> random walk over the boundary map -> detections, with
     the config's ``ins_seg`` and ``random_walk`` settings. ``cams`` (K, h, w) for ``classes``,
     ``boundary`` (h, w), ``displacement`` (2, h, w) on the stride-4 grid of the processing-size
-    image ``size`` (H, W); outputs at ``out_size`` (the original size; default ``size``)."""
+    image ``size`` (H, W); outputs at ``out_size`` (the original size; default ``size``).
+    ``clusters`` (h, w), if given, stands in for the clusters of the displacement field."""
     c, rw = cfg["ins_seg"], cfg["random_walk"]
-    centroids = find_centroids(displacement, c["centroid_iterations"])
-    clusters = cluster_instances(displacement, centroids, c["cluster_threshold"])
+    centroids = None
+    if clusters is None:
+        centroids = find_centroids(displacement, c["centroid_iterations"])
+        clusters = cluster_instances(displacement, centroids, c["cluster_threshold"])
     n_instances = int(clusters.max())
     seeds = instance_seeds(cams, clusters)
     walked = random_walk(seeds, boundary, rw["radius"], rw["beta"], rw["exp_times"], rw["tolerance"], device)
