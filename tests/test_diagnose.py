@@ -2,7 +2,6 @@
 every oracle on reproducing the ground truth, and the command end to end."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,7 +228,6 @@ def test_report_shows_the_diagnosis(diagnosed, tiny_data):
 
 
 def test_diagnose_skips_a_dataset_without_masks(data_copy, tmp_path):
-    from PIL import Image
     images = data_copy / "JPEGImages"
     names = sorted(p.name for p in images.glob("*.jpg"))[:4]
     csv = tmp_path / "labels.csv"

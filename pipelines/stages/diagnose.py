@@ -25,7 +25,7 @@ import numpy as np
 
 from wsis.diagnose import oracles
 from wsis.errors import ConfigError, WsisError
-from wsis.io import read_npz, write_json, write_label_png
+from wsis.io import read_npz, write_bytes, write_json, write_label_png
 from wsis.metrics import InstanceAP, mean_ap
 
 from ..engine import Job, Pipeline
@@ -231,7 +231,6 @@ def run_diagnose(pipeline: Pipeline, rows: list[str], limit: int | None = None, 
                                for i, f in zip(worst, figure_files)]}
     text = format_table(table, len(ids))
     write_json(out_dir / RESULT_FILE, result)
-    from wsis.io import write_bytes
     write_bytes(out_dir / TABLE_FILE, (text + "\n").encode())
     say(f"diagnose: {len(ids)} images x {len(rows)} rows in {result['seconds']:.0f} s")
     return result | {"table": text}
