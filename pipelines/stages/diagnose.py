@@ -147,12 +147,13 @@ class RowScore:
 
 
 def format_table(rows: dict[str, dict], images: int) -> str:
-    head = (f"{'oracle':<20}{'mAP50':>7}{'mAP70':>7}{'inst/img':>10}{'GT/img':>8}{'under':>7}{'over':>7}"
+    width = max(len(name) for name in ["oracle", *rows]) + 2
+    head = (f"{'oracle':<{width}}{'mAP50':>7}{'mAP70':>7}{'inst/img':>10}{'GT/img':>8}{'under':>7}{'over':>7}"
             f"{'GT IoU':>8}")
     lines = [f"oracle ablation of the instance pseudo-labels, {images} images (mAP in %, rates in % of images)",
              head, "-" * len(head)]
     for name, r in rows.items():
-        lines.append(f"{name:<20}{100 * r['mAP50']:>7.1f}{100 * r['mAP70']:>7.1f}{r['instances_per_image']:>10.2f}"
+        lines.append(f"{name:<{width}}{100 * r['mAP50']:>7.1f}{100 * r['mAP70']:>7.1f}{r['instances_per_image']:>10.2f}"
                      f"{r['gt_instances_per_image']:>8.2f}{100 * r['under_segmented']:>7.1f}"
                      f"{100 * r['over_segmented']:>7.1f}{r['mean_gt_iou']:>8.3f}")
     return "\n".join(lines)
