@@ -107,5 +107,6 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("report", "review queue and HTML report of every finished stage",
           upstream=("train_cam", "make_cam", "eval_cam", "ir_label", "train_irn", "irn_infer", "sem_seg", "ins_seg", "export", "eval_sem_seg",
                     "eval_ins_seg", "merge_review", "train_seg", "eval_seg", pseudo_masks),
-          sections=("report", "ins_seg", "eval_cam"), version=1, image_splits=infer_split, run="report:run"),
+          sections=("report", "ins_seg", "eval_cam"), version=1, image_splits=infer_split, run="report:run",
+          input_files=("diagnose/oracles.json",)),   # wsis diagnose's table and figures
 ]}

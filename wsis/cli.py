@@ -346,6 +346,34 @@ def review_import(file, **common):
     click.echo("next: wsis run (merge_review and train_seg re-run on them)")
 
 
+@main.command()
+@click.option("--oracles", "oracle_rows", default="cam,boundary,displacement,all", show_default=True,
+              help="Rows of the ablation besides the baseline: cam, relations (retrains IRNet on ground-truth "
+                   "semantic relation labels), instance_relations (... on instance labels), boundary, "
+                   "displacement, clusters (GT instances for the displacement clusters), all (cam + boundary + "
+                   "displacement); a row may join several with + "
+                   "(cam+displacement).")
+@click.option("--limit", type=int, default=None, help="Score only the first N images of the infer split.")
+@click.option("--figures", type=click.IntRange(min=0), default=6, show_default=True,
+              help="Diagnostic figures of the N worst images of the baseline.")
+@common_options
+@user_errors
+def diagnose(oracle_rows, limit, figures, **common):
+    """Oracle ablation: replace one upstream input at a time with its ground-truth ideal and
+    score the re-synthesised instance pseudo-labels (datasets with masks)."""
+    from pipelines.stages.diagnose import DIAGNOSE_DIR, RESULT_FILE, parse_oracles, run_diagnose
+    rows = parse_oracles(oracle_rows)
+    session = Session(**common)
+    pipeline = session.pipeline()
+    if not pipeline.dataset.has_masks:
+        click.echo(f"diagnose: skipped: dataset '{session.kind}' has no ground-truth masks to make oracles from")
+        return
+    session.check_work_dir(record=True)
+    result = run_diagnose(pipeline, rows, limit, figures)
+    click.echo(result["table"])
+    click.echo(f"diagnose: {session.work_dir / DIAGNOSE_DIR / RESULT_FILE}")
+
+
 @main.command("report")
 @common_options
 @user_errors

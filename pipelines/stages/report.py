@@ -157,6 +157,10 @@ def run(job: Job) -> None:
               f"{figures['first_mean_iou']:.3f}, of the most confident 10 % {figures['last_mean_iou']:.3f}",
               flush=True)
     plot_files = _make_plots(job, queue, metrics)
+    from .diagnose import report_section      # wsis diagnose's table and worst images, if it ran
+    diagnosis, diagnosis_plots = report_section(job.out_dir.parent, job.out_dir)
+    metrics.update(diagnosis)
+    plot_files += diagnosis_plots
     irn_dir = job.inputs.get("irn_infer") if c["boundary"] else None
     progress = job.progress(len(queue["images"]))
     rows = []

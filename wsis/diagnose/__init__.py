@@ -1,0 +1,1 @@
+"""Oracle diagnosis of the instance pseudo-labels: which upstream input loses the quality."""
