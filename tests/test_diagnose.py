@@ -9,6 +9,7 @@ import pytest
 from conftest import TINY, tiny_args, wsis
 from wsis.config import load_config
 from wsis.data import open_dataset
+from wsis.algorithms.instances import synthesize_instances
 from wsis.diagnose import oracles
 from wsis.errors import ConfigError
 from wsis.metrics import InstanceAP, mean_ap
@@ -94,7 +95,7 @@ def test_oracle_clusters_put_background_in_an_instance_of_its_own():
     grid = np.zeros((12, 16), np.int32)
     grid[2:7, 2:7], grid[5:10, 7:12] = 1, 2          # touching, one class
     classes = np.array([1, 1])
-    s = oracles.synthesize_instances(oracles.oracle_cams(grid, classes, [1]), [1], oracles.oracle_boundary(grid),
+    s = synthesize_instances(oracles.oracle_cams(grid, classes, [1]), [1], oracles.oracle_boundary(grid),
                                      np.zeros((2, 12, 16), np.float32), cfg, "cpu", (48, 64),
                                      clusters=oracles.oracle_clusters(grid))
     assert s.centroids is None and np.array_equal(s.clusters, oracles.oracle_clusters(grid))
@@ -141,7 +142,7 @@ def test_every_oracle_on_reproduces_the_ground_truth(tiny_data):
         ids, classes, _ = oracles.processing_ground_truth(ds, image_id)
         grid = oracles.grid_instances(ids)
         present = sorted(set(classes.tolist()))
-        s = oracles.synthesize_instances(oracles.oracle_cams(grid, classes, present), present,
+        s = synthesize_instances(oracles.oracle_cams(grid, classes, present), present,
                                          oracles.oracle_boundary(grid), oracles.oracle_displacement(grid),
                                          cfg, "cpu", ids.shape, ds.original_size(image_id))
         gt = ds.instance_gt(image_id)

@@ -197,10 +197,11 @@ def test_endpoint_clusters_non_voters_and_8_connectivity():
     assert (cluster_endpoints(centroids, np.zeros((3, 5), bool)) == 1).all()
 
 
-def synthesis_params(**changes):
-    params = {"bg_threshold": 0.25, "centroid_iterations": 50, "cluster_threshold": 2.5,
-              "min_area_fraction": 0.01, "clustering": "weak_region", "exp_times": -1}
-    return params | changes
+def synthesis_config(**changes):
+    ins_seg = {"bg_threshold": 0.25, "centroid_iterations": 50, "cluster_threshold": 2.5,
+               "min_area_fraction": 0.01, "clustering": "weak_region", "exp_times": -1}
+    walk = {"radius": 3, "beta": 10.0, "exp_times": 3, "tolerance": 0.0}
+    return {"ins_seg": ins_seg | changes, "random_walk": walk}
 
 
 def test_synthesize_instances_is_the_paper_composition():
@@ -210,17 +211,30 @@ def test_synthesize_instances_is_the_paper_composition():
     field, _ = two_centre_field(12, 16, ((6, 4), (6, 11)))
     cams = rng.random((2, 12, 16)).astype(np.float32)
     boundary = (rng.random((12, 16)) * 0.3).astype(np.float32)
-    walk = {"radius": 3, "beta": 10.0, "exp_times": 3, "tolerance": 0.0}
     centroids = find_centroids(field, 50)
     instance_map = cluster_instances(field, centroids, 2.5)
     walked = random_walk(instance_seeds(cams, instance_map), boundary, 3, 10.0, 3, 0.0)
     scores = upsample_normalised(walked, (45, 62))
     expected = detections(scores, [1, 4], int(instance_map.max()), 0.25, 0.01)
-    got = synthesize_instances(cams, [1, 4], boundary, field, synthesis_params(), walk, (45, 62))
-    for a, b in zip(got, expected + (scores,)):
+    got = synthesize_instances(cams, [1, 4], boundary, field, synthesis_config(), "cpu", (45, 62))
+    for a, b in zip(got, expected + (scores, instance_map, centroids)):
         np.testing.assert_array_equal(a, b)
     # exp_times 3 on the instance side is the same walk; 1 is a different one
-    same = synthesize_instances(cams, [1, 4], boundary, field, synthesis_params(exp_times=3), walk, (45, 62))
-    np.testing.assert_array_equal(same[3], scores)
-    shorter = synthesize_instances(cams, [1, 4], boundary, field, synthesis_params(exp_times=1), walk, (45, 62))
-    assert not np.allclose(shorter[3], scores)
+    same = synthesize_instances(cams, [1, 4], boundary, field, synthesis_config(exp_times=3), "cpu", (45, 62))
+    np.testing.assert_array_equal(same.score_maps, scores)
+    shorter = synthesize_instances(cams, [1, 4], boundary, field, synthesis_config(exp_times=1), "cpu", (45, 62))
+    assert not np.allclose(shorter.score_maps, scores)
+
+
+def test_synthesize_instances_with_endpoint_clusters():
+    # the two-object row of the test above, with CAMs foreground everywhere: the end-point
+    # clusters are the objects, whereas the weak region is one cluster
+    ys, xs = np.mgrid[0:5, 0:10]
+    field = np.stack([2 - ys, np.where(xs < 5, 2, 7) - xs]).astype(float)
+    cams = np.ones((1, 5, 10), np.float32)
+    boundary = np.zeros((5, 10), np.float32)
+    weak = synthesize_instances(cams, [0], boundary, field, synthesis_config(), "cpu", (20, 40))
+    ends = synthesize_instances(cams, [0], boundary, field, synthesis_config(clustering="endpoints"), "cpu", (20, 40))
+    assert weak.clusters.max() == 1
+    np.testing.assert_array_equal(ends.clusters, np.where(xs < 5, 1, 2))
+    np.testing.assert_array_equal(ends.clusters, cluster_endpoints(ends.centroids, cams[0] > 0.25))

@@ -1,7 +1,7 @@
 """``wsis diagnose``: the oracle ablation of the instance pseudo-labels.
 
 On a dataset with ground-truth masks, each row replaces upstream inputs of the instance
-synthesis (wsis.diagnose.oracles.synthesize_instances, ins_seg's step) with their
+synthesis (wsis.algorithms.instances.synthesize_instances, ins_seg's step) with their
 ground-truth ideals and reruns the synthesis on the infer split, scored as eval_ins_seg
 scores the pseudo-labels (wsis.metrics.InstanceAP). The baseline row uses the cached
 make_cam and irn_infer outputs; "relations" retrains IRNet on ground-truth relation labels in
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsis.algorithms.instances import Synthesis, synthesize_instances
 from wsis.diagnose import oracles
 from wsis.errors import ConfigError, WsisError
 from wsis.io import read_npz, write_bytes, write_json, write_label_png
@@ -129,7 +130,7 @@ class RowScore:
         self.ground_truth: list[int] = []
         self.quality: dict[str, float] = {}
 
-    def add(self, image_id: str, synthesis: oracles.Synthesis, gt) -> None:
+    def add(self, image_id: str, synthesis: Synthesis, gt) -> None:
         n = len(synthesis.classes)
         masks = synthesis.instances[None] == np.arange(1, n + 1)[:, None, None]   # as eval_ins_seg
         self.ap.add(masks, synthesis.classes, synthesis.scores, gt.masks, gt.classes)
@@ -183,12 +184,12 @@ def image_inputs(pipeline: Pipeline, image_id: str, retrained: dict[str, Path]) 
     return out
 
 
-def row_synthesis(inputs: dict, replaced: tuple[str, ...], cfg: dict, device: str) -> oracles.Synthesis:
+def row_synthesis(inputs: dict, replaced: tuple[str, ...], cfg: dict, device: str) -> Synthesis:
     pick = {k: inputs[k][1 if k in replaced else 0] for k in ("cam", "boundary", "displacement")}
     for kind in RETRAINED:
         if kind in replaced:
             pick["boundary"], pick["displacement"] = inputs[kind]
-    return oracles.synthesize_instances(pick["cam"], inputs["classes"], pick["boundary"], pick["displacement"],
+    return synthesize_instances(pick["cam"], inputs["classes"], pick["boundary"], pick["displacement"],
                                         cfg, device, inputs["size"], inputs["out_size"],
                                         inputs["clusters"][1] if "clusters" in replaced else None)
 

@@ -19,9 +19,8 @@ def process(job: Job, ids: list[str]) -> None:
     c = job.cfg["ins_seg"]
     for image_id in ids:
         image, cams, classes, boundary, displacement = irn_outputs(job, image_id)
-        inst, det_classes, det_scores, scores = synthesize_instances(
-            cams, classes, boundary, displacement, c, job.cfg["random_walk"], image.shape[:2],
-            job.dataset.original_size(image_id), job.device)
-        write_npz(job.out_dir / f"{image_id}.npz", instances=inst, classes=det_classes,
-                  scores=det_scores.astype(np.float32),
-                  margins=instance_margins(scores, inst, c["bg_threshold"]))
+        result = synthesize_instances(cams, classes, boundary, displacement, job.cfg, job.device,
+                                      image.shape[:2], job.dataset.original_size(image_id))
+        write_npz(job.out_dir / f"{image_id}.npz", instances=result.instances, classes=result.classes,
+                  scores=result.scores.astype(np.float32),
+                  margins=instance_margins(result.score_maps, result.instances, c["bg_threshold"]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -117,31 +119,43 @@ def detections(scores: np.ndarray, classes, n_instances: int, bg_threshold: floa
     return rank[components], det_classes.astype(np.int64), det_scores.astype(np.float32)
 
 
-def synthesize_instances(cams: np.ndarray, classes, boundary: np.ndarray, displacement: np.ndarray,
-                         params: dict, walk: dict, size: tuple[int, int],
-                         out_size: tuple[int, int] | None = None, device="cpu"):
-    """One image's instance pseudo-labels (Ahn et al. 2019, step 6), from its stride-4 CAMs
-    (K, h, w) of ``classes``, boundary map (h, w) and displacement field (2, h, w).
+class Synthesis(NamedTuple):
+    """One image's instance pseudo-labels and what they were made from."""
+    instances: np.ndarray        # (H, W) int32 at out_size: 0 none, n detection n
+    classes: np.ndarray          # (N,) class of each detection
+    scores: np.ndarray           # (N,) float32 score of each detection (0: under min area)
+    score_maps: np.ndarray       # (K * I, H, W) normalised random-walk scores
+    clusters: np.ndarray         # (h, w) class-agnostic instance map of the displacement clusters
+    centroids: np.ndarray | None  # (2, h, w) end point of each cell's centroid search (None: clusters given)
 
-    ``params`` is the ``ins_seg`` config section, ``walk`` the ``random_walk`` one. The end
-    points of the field are clustered (``params["clustering"]``: "weak_region", the paper's
-    |D| < cluster_threshold regions, or "endpoints", ``cluster_endpoints`` over the CAM
-    foreground); each cluster's CAM seeds are random-walked for 2^exp_times steps
-    (``params["exp_times"]``, or the walk's when it is -1), upsampled to ``size`` (then
-    ``out_size``) and split into detections. Returns (instance map (H, W) int32, classes (N,),
-    scores (N,), the normalised walk scores (K * I, H, W)) - see ``detections``."""
+
+def synthesize_instances(cams: np.ndarray, classes, boundary: np.ndarray, displacement: np.ndarray,
+                         cfg: dict, device: str, size: tuple[int, int],
+                         out_size: tuple[int, int] | None = None, clusters: np.ndarray | None = None) -> Synthesis:
+    """One image's instance pseudo-labels (Ahn et al. 2019, step 6), from its stride-4 CAMs
+    (K, h, w) of ``classes``, boundary map (h, w) and displacement field (2, h, w), with the
+    config's ``ins_seg`` and ``random_walk`` settings.
+
+    The end points of the field are clustered (``ins_seg.clustering``: "weak_region", the
+    paper's |D| < cluster_threshold regions, or "endpoints", ``cluster_endpoints`` over the
+    CAM foreground; ``clusters`` (h, w), if given, stands in for them); each cluster's CAM
+    seeds are random-walked for 2^exp_times steps (``ins_seg.exp_times``, or the walk's own
+    when it is -1), upsampled to the processing size ``size`` (then ``out_size``, the original
+    size) and split into detections (``detections``)."""
     from .labels import upsample_normalised
     from .random_walk import random_walk
-    centroids = find_centroids(displacement, params["centroid_iterations"])
-    if params["clustering"] == "endpoints":
-        foreground = cams.max(0, initial=0.0) > params["bg_threshold"]
-        instance_map = cluster_endpoints(centroids, foreground)
-    else:
-        instance_map = cluster_instances(displacement, centroids, params["cluster_threshold"])
-    exp_times = walk["exp_times"] if params["exp_times"] < 0 else params["exp_times"]
-    walked = random_walk(instance_seeds(cams, instance_map), boundary, walk["radius"], walk["beta"],
-                         exp_times, walk["tolerance"], device)
-    scores = upsample_normalised(walked, size, out_size)
-    inst, det_classes, det_scores = detections(scores, classes, int(instance_map.max()),
-                                               params["bg_threshold"], params["min_area_fraction"])
-    return inst, det_classes, det_scores, scores
+    c, rw = cfg["ins_seg"], cfg["random_walk"]
+    centroids = None
+    if clusters is None:
+        centroids = find_centroids(displacement, c["centroid_iterations"])
+        if c["clustering"] == "endpoints":
+            clusters = cluster_endpoints(centroids, cams.max(0, initial=0.0) > c["bg_threshold"])
+        else:
+            clusters = cluster_instances(displacement, centroids, c["cluster_threshold"])
+    exp_times = rw["exp_times"] if c["exp_times"] < 0 else c["exp_times"]
+    walked = random_walk(instance_seeds(cams, clusters), boundary, rw["radius"], rw["beta"], exp_times,
+                         rw["tolerance"], device)
+    score_maps = upsample_normalised(walked, size, out_size)
+    inst, det_classes, det_scores = detections(score_maps, classes, int(clusters.max()), c["bg_threshold"],
+                                               c["min_area_fraction"])
+    return Synthesis(inst, det_classes, det_scores, score_maps, clusters, centroids)

@@ -11,15 +11,10 @@ are read from that one map, so they agree cell by cell.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ..algorithms.instances import cluster_instances, detections, find_centroids, instance_seeds
-from ..algorithms.labels import upsample_normalised
-from ..algorithms.random_walk import random_walk
 from ..algorithms.relations import IGNORE
 from ..io import processing_size
 
@@ -141,36 +136,3 @@ def oracle_relation_labels(semantic: np.ndarray, band: int = RELATION_BAND) -> n
     out = semantic.astype(np.uint8)
     out[mixed] = IGNORE
     return out
-
-
-class Synthesis(NamedTuple):
-    """One image's instance pseudo-labels and what they were made from."""
-    instances: np.ndarray        # (H, W) int32 at out_size: 0 none, n detection n
-    classes: np.ndarray          # (N,) class of each detection
-    scores: np.ndarray           # (N,) float32 score of each detection (0: under min area)
-    score_maps: np.ndarray       # (K * I, H, W) normalised random-walk scores
-    clusters: np.ndarray         # (h, w) class-agnostic instance map of the displacement clusters
-    centroids: np.ndarray | None  # (2, h, w) end point of each cell's centroid search (None: clusters given)
-
-
-def synthesize_instances(cams: np.ndarray, classes, boundary: np.ndarray, displacement: np.ndarray,
-                         cfg: dict, device: str, size: tuple[int, int],
-                         out_size: tuple[int, int] | None = None, clusters: np.ndarray | None = None) -> Synthesis:
-    """Ahn et al. 2019, step 6, for one image: centroids of the displacement field ->
-    clusters -> CAM x cluster seeds -> random walk over the boundary map -> detections, with
-    the config's ``ins_seg`` and ``random_walk`` settings. ``cams`` (K, h, w) for ``classes``,
-    ``boundary`` (h, w), ``displacement`` (2, h, w) on the stride-4 grid of the processing-size
-    image ``size`` (H, W); outputs at ``out_size`` (the original size; default ``size``).
-    ``clusters`` (h, w), if given, stands in for the clusters of the displacement field."""
-    c, rw = cfg["ins_seg"], cfg["random_walk"]
-    centroids = None
-    if clusters is None:
-        centroids = find_centroids(displacement, c["centroid_iterations"])
-        clusters = cluster_instances(displacement, centroids, c["cluster_threshold"])
-    n_instances = int(clusters.max())
-    seeds = instance_seeds(cams, clusters)
-    walked = random_walk(seeds, boundary, rw["radius"], rw["beta"], rw["exp_times"], rw["tolerance"], device)
-    score_maps = upsample_normalised(walked, size, out_size)
-    inst, det_classes, det_scores = detections(score_maps, classes, n_instances, c["bg_threshold"],
-                                               c["min_area_fraction"])
-    return Synthesis(inst, det_classes, det_scores, score_maps, clusters, centroids)
