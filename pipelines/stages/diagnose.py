@@ -253,7 +253,7 @@ def draw_worst(pipeline: Pipeline, ids: list[str], quality: dict[str, float], ou
         diagnostic_figure(pipeline.dataset.load_image(image_id, original=True), inputs["boundary"][0],
                           inputs["displacement"][0],
                           synthesis, inputs["gt"], pipeline.dataset.class_names,
-                          pipeline.cfg["ins_seg"]["cluster_threshold"],
+                          pipeline.cfg["ins_seg"],
                           f"{image_id}: GT IoU {quality[image_id]:.2f}", out_dir / name)
         names.append(name)
     return names

@@ -36,15 +36,15 @@ def colour_wheel(size: int = 64) -> np.ndarray:
 
 
 def cluster_colours(clusters: np.ndarray, centroid_region: np.ndarray) -> np.ndarray:
-    """(h, w, 3) uint8: each cluster of ``cluster_instances`` in its own colour, the centroid
-    region (|D| < cluster_threshold) darkened."""
+    """(h, w, 3) uint8: each cluster in its own colour, the cells it was grown from (the
+    centroid region) darkened."""
     colours = np.asarray(PALETTE, np.float32)[(clusters - 1) % len(PALETTE)]
     colours[centroid_region] *= 0.45
     return colours.astype(np.uint8)
 
 
 def diagnostic_figure(image: np.ndarray, boundary: np.ndarray, displacement: np.ndarray, synthesis,
-                      gt, class_names, cluster_threshold: float, title: str, path: Path,
+                      gt, class_names, ins_seg: dict, title: str, path: Path,
                       arrows: bool = True) -> Path:
     """One row of five panels: the image with its ground truth; the boundary map; the
     displacement field (colour wheel, arrows every few cells); the clusters with their
@@ -67,11 +67,17 @@ def diagnostic_figure(image: np.ndarray, boundary: np.ndarray, displacement: np.
     inset.imshow(colour_wheel())
     inset.axis("off")
     axes[2].set_title(f"displacement (max {np.hypot(*displacement).max():.1f} cells)", fontsize=9)
-    weak = np.hypot(displacement[0], displacement[1]) < cluster_threshold
-    axes[3].imshow(cluster_colours(synthesis.clusters, weak), extent=extent)
     ends = np.unique(synthesis.centroids.reshape(2, -1), axis=1)
+    if ins_seg["clustering"] == "endpoints":     # clusters grow from the cells end points land on
+        region = np.zeros((h, w), bool)
+        region[ends[0], ends[1]] = True
+        region_name = "end-point cells"
+    else:
+        region = np.hypot(displacement[0], displacement[1]) < ins_seg["cluster_threshold"]
+        region_name = f"|D| < {ins_seg['cluster_threshold']:g}"
+    axes[3].imshow(cluster_colours(synthesis.clusters, region), extent=extent)
     axes[3].scatter(ends[1], ends[0], s=6, c="white", edgecolors="black", linewidths=0.3)
-    axes[3].set_title(f"clusters: {int(synthesis.clusters.max())} (dark: |D| < {cluster_threshold:g})", fontsize=9)
+    axes[3].set_title(f"clusters: {int(synthesis.clusters.max())} (dark: {region_name})", fontsize=9)
     keep = np.flatnonzero(synthesis.scores > 0)
     masks = synthesis.instances[None] == (keep + 1)[:, None, None]
     axes[4].imshow(instance_overlay(image, masks, synthesis.classes[keep],
