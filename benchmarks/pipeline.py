@@ -106,9 +106,9 @@ def main() -> None:
     results = {}
     for stage in STAGES:
         r = results[stage] = run_stage(stage, common)
-        rate = r["count"] / r["seconds"] if r["count"] else float("nan")
-        print(f"{stage:<12} {r['seconds']:8.1f} {rate:10.2f} {r['unit'] + '/s':>7} {r['peak_rss_mb']:8.0f} MB",
-              flush=True)
+        # stages without per-image progress (export writes one file) have no rate
+        rate = f"{r['count'] / r['seconds']:10.2f} {r['unit'] + '/s':>7}" if r["count"] else f"{'-':>18}"
+        print(f"{stage:<12} {r['seconds']:8.1f} {rate} {r['peak_rss_mb']:8.0f} MB", flush=True)
 
     print("\ntraining data path (train_cam):")
     sync = run_stage("train_cam", common, "--set", "run.loader_workers=0")
