@@ -12,7 +12,7 @@ from wsis.data import Dataset
 def test_stage_declarations():
     gpu = {n for n, s in STAGES.items() if s.per_image is not None and s.resource == "gpu"}
     cpu = {n for n, s in STAGES.items() if s.per_image is not None and s.resource == "cpu"}
-    assert gpu == {"make_cam", "irn_infer"}
+    assert gpu == {"make_cam", "irn_infer", "sam_refine"}   # sam_refine: only with sam.enabled
     assert cpu == {"ir_label", "sem_seg", "ins_seg"}
 
 
