@@ -97,10 +97,12 @@ def test_export_skips_zero_scored_fragments_by_default(tmp_path):
     instances[0:5, 0:5], instances[10:20, 0:20], instances[0:3, 25:30] = 1, 2, 3
     write_npz(tmp_path / "a.npz", instances=instances, classes=np.array([0, 1, 2]),
               scores=np.array([0.0, 0.5, 5e-6], np.float32))
-    anns = pseudo_label_annotations(tmp_path, ["a"], [{"id": 7}], cfg["export"]["score_threshold"],
-                                    cfg["export"]["min_area"])
+    anns = pseudo_label_annotations(tmp_path, ["a"], [{"id": 7}], cfg["export"])
     assert cfg["export"]["score_threshold"] == 1e-5
     assert [(a["category_id"], a["area"], a["image_id"]) for a in anns] == [(2, 200, 7)]
+    # min_area drops by pixel count: the 200-pixel instance goes at 201
+    anns = pseudo_label_annotations(tmp_path, ["a"], [{"id": 7}], dict(cfg["export"], min_area=201))
+    assert anns == []
 
 
 def test_images_without_foreground_or_instances_give_valid_empty_outputs(tiny_data, tiny_run, tmp_path):

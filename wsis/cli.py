@@ -314,7 +314,8 @@ def review_export(fmt, top, out, image_url_prefix, **common):
         raise ConfigError("--top must be at least 1")
     queue = current_queue(pipeline)
     from pipelines.dag import pseudo_masks
-    items = review_items(queue, pipeline.dataset, pipeline.out_dir(pipeline.stages[pseudo_masks(pipeline.cfg)]), top)
+    items = review_items(queue, pipeline.dataset, pipeline.out_dir(pipeline.stages[pseudo_masks(pipeline.cfg)]), top,
+                         pipeline.cfg["export"])
     suffix = "zip" if fmt == "cvat" else "json"
     out = out or session.work_dir / "review" / "export" / f"review_{fmt}.{suffix}"
     paths = export_review(items, pipeline.dataset.class_names, fmt, out, image_url_prefix)

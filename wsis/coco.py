@@ -44,6 +44,13 @@ def image_entries(dataset, ids) -> list[dict]:
     return entries
 
 
+def exported(score: float, area: int, export_cfg: dict) -> bool:
+    """Whether a pseudo-instance goes into the COCO export (and so to training and review):
+    its score reaches ``export.score_threshold`` and it has at least ``export.min_area`` pixels
+    (and one)."""
+    return score >= export_cfg["score_threshold"] and area >= max(export_cfg["min_area"], 1)
+
+
 def annotation(mask: np.ndarray, class_index: int, image_id: int, ann_id: int, score: float | None = None,
                category_ids=None) -> dict:
     """One COCO annotation; ``category_ids[class_index]`` is its category (default: index + 1)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsis.coco import annotation, image_entries, write_instances
+from wsis.coco import annotation, exported, image_entries, write_instances
 from wsis.io import read_npz, write_json
 
 from ..engine import Job
@@ -19,14 +19,13 @@ def instance_dir(inputs: dict):
     return inputs["sam_refine"] if "sam_refine" in inputs else inputs["ins_seg"]
 
 
-def pseudo_label_annotations(ins_dir, ids, images, score_threshold: float = 0.0, min_area: int = 0,
-                             category_ids=None) -> list[dict]:
+def pseudo_label_annotations(ins_dir, ids, images, export_cfg: dict, category_ids=None) -> list[dict]:
     anns: list[dict] = []
     for entry, image_id in zip(images, ids):
         z = read_npz(ins_dir / f"{image_id}.npz")
         for n, (cls, score) in enumerate(zip(z["classes"].tolist(), z["scores"].tolist()), start=1):
             mask = z["instances"] == n
-            if score < score_threshold or mask.sum() < max(min_area, 1):
+            if not exported(score, int(mask.sum()), export_cfg):
                 continue
             anns.append(annotation(mask, cls, entry["id"], len(anns) + 1, score, category_ids))
     return anns
@@ -35,8 +34,7 @@ def pseudo_label_annotations(ins_dir, ids, images, score_threshold: float = 0.0,
 def run(job: Job) -> None:
     c = job.cfg["export"]
     images = image_entries(job.dataset, job.ids)
-    anns = pseudo_label_annotations(instance_dir(job.inputs), job.ids, images, c["score_threshold"], c["min_area"],
-                                    job.dataset.coco_category_ids())
+    anns = pseudo_label_annotations(instance_dir(job.inputs), job.ids, images, c, job.dataset.coco_category_ids())
     path = job.out_dir / EXPORT_FILE
     write_instances(path, images, anns, job.dataset.class_names, job.dataset.coco_categories())
     summary = {"path": str(path.resolve()), "images": len(images), "annotations": len(anns)}

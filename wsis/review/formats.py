@@ -42,8 +42,11 @@ LS_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
 
 
 # ------------------------------------------------------------------------------ export
-def review_items(queue: dict, dataset, ins_dir: Path, top: int | None) -> list[dict]:
-    """The first ``top`` images of the queue (all when None) with their pseudo-instances."""
+def review_items(queue: dict, dataset, ins_dir: Path, top: int | None, export_cfg: dict) -> list[dict]:
+    """The first ``top`` images of the queue (all when None) with their pseudo-instances: those
+    the COCO export holds (``export_cfg``, wsis.coco.exported), so that what a reviewer deletes
+    or keeps is what training would have read."""
+    from wsis.coco import exported
     from wsis.io import read_npz
     from .queue import instance_masks
     items = []
@@ -56,7 +59,8 @@ def review_items(queue: dict, dataset, ins_dir: Path, top: int | None) -> list[d
         items.append({"id": image_id, "path": path, "file_name": str(path.relative_to(dataset.image_dir)),
                       "height": h, "width": w, "confidence": entry["confidence"],
                       "instances": [(masks[i["index"] - 1], i["class"], i["score"], i["confidence"])
-                                    for i in entry["instances"] if masks[i["index"] - 1].any()]})
+                                    for i in entry["instances"]
+                                    if exported(i["score"], int(masks[i["index"] - 1].sum()), export_cfg)]})
     return items
 
 
