@@ -683,25 +683,28 @@ class DaskRunner:
             if self.scheduler:
                 self.connect_scheduler()
                 return self.client
-            import dask
-            from distributed import Client, LocalCluster
-            n = self.local_workers("cpu")
-            env = self.WORKER_ENV
-            # distributed sets MALLOC_TRIM_THRESHOLD_=65536 in workers; with PyTorch's
-            # allocation pattern that doubles per-image time (measured), so unset it.
-            unset = {f"distributed.nanny.pre-spawn-environ.{k}": None
-                     for k in ("MALLOC_TRIM_THRESHOLD_", *self.WORKER_ENV)}
-            with dask.config.set(unset):
-                # The scheduler's HTTP server (health routes) defaults to port 8787 even
-                # without a dashboard; a random port avoids the "already in use" warning.
-                # Workers log nothing (their errors under load come with tracebacks, e.g. a
-                # missed heartbeat); why a worker died is logged by its nanny, in this process.
-                self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                            dashboard_address=None, env=env, silence_logs=logging.CRITICAL,
-                                            scheduler_kwargs={"dashboard_address": ":0"})
+            from distributed import Client
+            self.cluster = self._local_cluster(self.local_workers("cpu"), self.WORKER_ENV)
             quiet_distributed_logs()
             self.client = Client(self.cluster)
         return self.client
+
+    def _local_cluster(self, n: int, env: dict):
+        """``n`` single-threaded local worker processes with environment ``env``."""
+        import dask
+        from distributed import LocalCluster
+        # distributed sets MALLOC_TRIM_THRESHOLD_=65536 in workers; with PyTorch's allocation
+        # pattern that doubles per-image time (measured), so unset it; its thread variables
+        # are unset too, so that ``env`` alone sets them.
+        unset = {f"distributed.nanny.pre-spawn-environ.{k}": None
+                 for k in ("MALLOC_TRIM_THRESHOLD_", *self.WORKER_ENV)}
+        with dask.config.set(unset):
+            # The scheduler's HTTP server (health routes) defaults to port 8787 even without a
+            # dashboard; a random port avoids the "already in use" warning. Workers log nothing
+            # (their errors under load come with tracebacks, e.g. a missed heartbeat); why a
+            # worker died is logged by its nanny, in this process.
+            return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                env=env, silence_logs=logging.CRITICAL, scheduler_kwargs={"dashboard_address": ":0"})
 
     def local_workers(self, kind: str = "cpu") -> int:
         """CPU work: ``--workers`` or one single-threaded worker per core, whatever --device
@@ -727,10 +730,7 @@ class DaskRunner:
                 from dask_cuda import LocalCUDACluster
                 self.gpu_cluster = LocalCUDACluster(n_workers=n, threads_per_worker=1, dashboard_address=None)
             except ImportError:
-                from distributed import LocalCluster
-                self.gpu_cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                dashboard_address=None, silence_logs=logging.ERROR,
-                                                scheduler_kwargs={"dashboard_address": ":0"})
+                self.gpu_cluster = self._local_cluster(n, self.WORKER_ENV)
             quiet_distributed_logs()
             self.gpu_client = Client(self.gpu_cluster)
         return self.gpu_client
