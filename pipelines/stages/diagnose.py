@@ -190,8 +190,8 @@ def row_synthesis(inputs: dict, replaced: tuple[str, ...], cfg: dict, device: st
         if kind in replaced:
             pick["boundary"], pick["displacement"] = inputs[kind]
     return synthesize_instances(pick["cam"], inputs["classes"], pick["boundary"], pick["displacement"],
-                                        cfg, device, inputs["size"], inputs["out_size"],
-                                        inputs["clusters"][1] if "clusters" in replaced else None)
+                                cfg, device, inputs["size"], inputs["out_size"],
+                                inputs["clusters"][1] if "clusters" in replaced else None)
 
 
 def run_diagnose(pipeline: Pipeline, rows: list[str], limit: int | None = None, figures: int = 6) -> dict:

@@ -1,4 +1,5 @@
-"""Ground-truth-derived ideal inputs ("oracles") for the instance synthesis, and the synthesis.
+"""Ground-truth-derived ideal inputs ("oracles") for the instance synthesis
+(wsis.algorithms.instances.synthesize_instances).
 
 Each oracle stands in for one upstream output of the pipeline, on the grid that output lives
 on: the stride-4 grid ceil(H/4) x ceil(W/4) of the processing-size image (H, W) for the CAMs,

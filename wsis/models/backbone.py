@@ -98,7 +98,6 @@ class ResNetStages(nn.Module):
         layers = [net.layer1, net.layer2, net.layer3, net.layer4]
         self.stages = nn.ModuleList([stem] + layers)
         self.channels = [net.conv1.out_channels] + [_out_channels(layer) for layer in layers]
-        self.freeze_bn = freeze_bn
         if freeze_bn:
             freeze_batchnorm(self)
         if frozen_stages > 0:  # the stem goes with the first frozen stage
