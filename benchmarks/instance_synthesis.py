@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wsis.algorithms.instances import cluster_instances, detections, find_centroids, instance_seeds  # noqa: E402
+from wsis.algorithms.instances import (cluster_endpoints, cluster_instances, detections,  # noqa: E402
+                                       find_centroids, instance_seeds)
 from wsis.algorithms.labels import upsample_normalised  # noqa: E402
 from wsis.algorithms.random_walk import random_walk  # noqa: E402
 from wsis.config import load_config  # noqa: E402
@@ -73,7 +74,10 @@ def synthesise(cams, boundary, displacement, cfg):
         return result
 
     centroids = step("centroids", lambda: find_centroids(displacement, c["centroid_iterations"]))
-    instance_map = step("clusters", lambda: cluster_instances(displacement, centroids, c["cluster_threshold"]))
+    if c["clustering"] == "endpoints":     # as synthesize_instances chooses
+        instance_map = step("clusters", lambda: cluster_endpoints(centroids, cams.max(0) > c["bg_threshold"]))
+    else:
+        instance_map = step("clusters", lambda: cluster_instances(displacement, centroids, c["cluster_threshold"]))
     n_instances = int(instance_map.max())
     seeds = step("seeds", lambda: instance_seeds(cams, instance_map))
     walked = step("walk", lambda: random_walk(seeds, boundary, rw["radius"], rw["beta"], rw["exp_times"],
@@ -90,15 +94,18 @@ def synthesise(cams, boundary, displacement, cfg):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--clustering", choices=("weak_region", "endpoints"), default="weak_region",
+                   help="ins_seg.clustering (the voc2012 preset: weak_region)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    cfg = load_config("voc2012")
+    cfg = load_config("voc2012", overrides=[f"ins_seg.clustering={args.clustering}"])
     cams, boundary, displacement, truth = make_scene()
     runs = [synthesise(cams, boundary, displacement, cfg) for _ in range(args.repeats + 1)][1:]
     out = runs[-1][1]
     inst, det_classes, det_scores = out["detections"]
     print(f"instance synthesis on a {IMAGE[1]}x{IMAGE[0]} image ({H}x{W} grid), 3 classes x 4 touching "
-          f"instances, random_walk.tolerance = {cfg['random_walk']['tolerance']:g}, 1 thread, "
+          f"instances, ins_seg.clustering = {args.clustering},\n"
+          f"random_walk.tolerance = {cfg['random_walk']['tolerance']:g}, 1 thread, "
           f"median of {args.repeats} (wall / process CPU)")
     print(f"{out['n_instances']} clusters (12 instances + background) -> {out['channels']} seed channels, "
           f"{out['walked']} not all zero (walked)")
