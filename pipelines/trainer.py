@@ -58,16 +58,26 @@ def as_float32(tree):
     return tree
 
 
+def resolve_amp(amp: str, device: str) -> str:
+    """``run.amp`` with "auto" resolved: "bf16" where ``device`` computes it natively
+    (``wsis.device.native_bf16``), else "off"."""
+    if amp not in ("off", "auto", *AMP_DTYPES):
+        raise ConfigError(f"run.amp: '{amp}' is not off, auto, bf16 or fp16")
+    if amp != "auto":
+        return amp
+    from wsis.device import native_bf16
+    return "bf16" if native_bf16(device) else "off"
+
+
 class Precision:
-    """``run.amp``: "off", "bf16" or "fp16" autocast for the forward pass (Micikevicius et al.,
-    2018: loss scaling for fp16, not needed for bf16's float32 exponent range)."""
+    """``run.amp``: "off", "bf16", "fp16" or "auto" (bf16 where the device has it in hardware)
+    autocast for the forward pass (Micikevicius et al., 2018: loss scaling for fp16, not needed
+    for bf16's float32 exponent range)."""
 
     def __init__(self, amp: str, device: str):
-        if amp not in ("off", *AMP_DTYPES):
-            raise ConfigError(f"run.amp: '{amp}' is not off, bf16 or fp16")
         self.device_type = "cuda" if device.startswith("cuda") else "cpu"
-        self.amp = amp
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=amp == "fp16")
+        self.amp = resolve_amp(amp, device)
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.amp == "fp16")
 
     def autocast(self):
         return torch.autocast(self.device_type, dtype=AMP_DTYPES.get(self.amp, torch.bfloat16),
@@ -150,6 +160,8 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
     precision = Precision(job.cfg["run"]["amp"], job.device)
     workers = loader_workers(job.cfg["run"]["loader_workers"], job.device)
     world, rank = distributed.world_size(), distributed.rank()
+    if job.cfg["run"]["amp"] == "auto" and rank == 0:
+        print(f"{job.stage}: run.amp = auto: {precision.amp} on {job.device}", flush=True)
     net = data_parallel(model, job, find_unused_parameters) if world > 1 else model
     if job.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = job.cfg["run"]["cudnn_benchmark"]

@@ -83,3 +83,33 @@ def test_instance_models_train_under_bf16(tmp_path, name):
 def test_unknown_precision_is_refused():
     with pytest.raises(ConfigError, match="run.amp: 'fp8'"):
         Precision("fp8", "cpu")
+
+
+def test_auto_precision_is_bf16_exactly_where_the_device_has_it_in_hardware(monkeypatch):
+    import wsis.device
+    for native, expected in ((True, "bf16"), (False, "off")):
+        monkeypatch.setattr(wsis.device, "native_bf16", lambda device, native=native: native)
+        precision = Precision("auto", "cpu")
+        assert precision.amp == expected
+        assert not precision.scaler.is_enabled()
+        with precision.autocast():
+            y = torch.nn.Linear(4, 4)(torch.rand(2, 4))
+        assert y.dtype == (torch.bfloat16 if native else torch.float32)
+    # explicit settings are never second-guessed
+    monkeypatch.setattr(wsis.device, "native_bf16", lambda device: False)
+    assert Precision("bf16", "cpu").amp == "bf16"
+
+
+def test_native_bf16_follows_the_cpu_flags(monkeypatch):
+    """x86: AVX512-BF16 or AMX; a PyTorch without the probes says no rather than fail."""
+    import platform
+    from wsis.device import native_bf16
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    for avx512_bf16, amx, expected in ((True, False, True), (False, True, True), (False, False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert native_bf16("cpu") is expected
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert native_bf16("cpu") is False
+    if not torch.cuda.is_available():
+        assert native_bf16("cuda") is False

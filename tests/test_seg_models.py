@@ -116,3 +116,21 @@ def test_targets_prepared_where_batches_are_made_give_the_same_losses(name):
     assert on_the_fly.keys() == from_workers.keys()
     for k in on_the_fly:
         torch.testing.assert_close(on_the_fly[k], from_workers[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("seg_frozen, backbone_frozen, expected", [(1, 0, 1), (-1, 2, 1), (-1, 0, 0), (2, 0, 2)])
+def test_seg_frozen_stages_stop_the_gradient_of_the_stem_and_first_layers(seg_frozen, backbone_frozen, expected):
+    """seg.frozen_stages: N freezes the stem and layer1..N of a loaded backbone; -1 takes
+    backbone.frozen_stages capped at 1. Frozen weights get no gradient; the rest do."""
+    from wsis.models.backbone import LOAD_LATER
+    cfg = load_config("synthetic", overrides=OVERRIDES + [f"backbone.frozen_stages={backbone_frozen}"])
+    heads = {k: cfg[k] for k in ("solo", "yolact", "centermask")}
+    model = build_instance_model("solov2", len(CLASSES), cfg["backbone"], heads, LOAD_LATER, 64, seg_frozen)
+    stages = model.neck.body.stages
+    x, targets = batch(two_images())
+    sum(model.loss(model(x), targets).values()).backward()
+    for i, stage in enumerate(stages):
+        frozen = i <= expected if expected else False
+        for p in stage.parameters():
+            assert p.requires_grad is not frozen
+            assert (p.grad is None) is frozen, f"stage {i}"

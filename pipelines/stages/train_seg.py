@@ -41,7 +41,7 @@ def run(job: Job) -> None:
     if init not in ("pretrained", "cam"):
         raise ConfigError(f"seg.backbone_init: '{init}' is not 'pretrained' or 'cam'")
     model = build_instance_model(s["model"], len(data.class_names), job.cfg["backbone"], heads,
-                                 None if init == "pretrained" else LOAD_LATER, s["fpn_channels"])
+                                 None if init == "pretrained" else LOAD_LATER, s["fpn_channels"], s["frozen_stages"])
     if init == "cam":
         if "train_cam" not in job.inputs:
             raise ConfigError("seg.backbone_init = 'cam' needs the CAM stage; use 'pretrained' with train-seg")

@@ -14,13 +14,17 @@ MODELS = ("solov2", "solo", "yolact", "centermask")
 
 
 def build_instance_model(name: str, num_classes: int, backbone: dict, heads: dict, weights: str | None = None,
-                         fpn_channels: int = 256):
-    """``heads`` holds the [solo], [yolact] and [centermask] config sections."""
+                         fpn_channels: int = 256, frozen_stages: int = -1):
+    """``heads`` holds the [solo], [yolact] and [centermask] config sections. ``frozen_stages``:
+    backbone stages (the stem with the first) that get no gradient; -1: ``backbone.frozen_stages``
+    capped at 1, the stem and layer1 as in the heads' reference recipes."""
     weights = backbone["weights"] if weights is None else weights
+    if frozen_stages < 0:
+        frozen_stages = min(backbone["frozen_stages"], 1)
 
     def neck(first_level):
         return ResNetFPN(backbone["depth"], weights, fpn_channels, first_level=first_level,
-                         freeze_bn=backbone["freeze_bn"], frozen_stages=min(backbone["frozen_stages"], 1))
+                         freeze_bn=backbone["freeze_bn"], frozen_stages=frozen_stages)
 
     if name in ("solov2", "solo"):
         from .solo import SOLO
