@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from skimage.measure import label
 
 from wsis.algorithms.instances import (cluster_endpoints, cluster_instances, detections, find_centroids,
@@ -124,7 +125,26 @@ def test_detections_split_with_4_connectivity():
     assert (inst[1:5, 1:5] == 1).all() and (inst[5:9, 5:9] == 2).all()
 
 
-def reference_detections(scores, classes, n_instances, bg_threshold, min_area_fraction=0.01):
+def test_detections_scored_by_their_mean_rank_a_spilled_mask_lower():
+    """score="mean": two whole instances both peak at 1 (the normalised walk), but the one
+    that spills over pixels where its channel is low has the lower mean. By hand: 16 pixels
+    at 1 -> 1.0; 16 at 1 and 16 at 0.5 -> 0.75."""
+    scores = np.zeros((2, 12, 12), np.float32)
+    scores[0, 1:5, 1:5] = 1.0
+    scores[1, 6:10, 1:5] = 1.0
+    scores[1, 6:10, 5:9] = 0.5                  # the spill
+    _, _, peak = detections(scores, [1], 2, bg_threshold=0.25, min_area_fraction=0.0)
+    _, _, mean = detections(scores, [1], 2, bg_threshold=0.25, min_area_fraction=0.0, score="mean")
+    np.testing.assert_allclose(peak, [1.0, 1.0])
+    np.testing.assert_allclose(mean, [1.0, 0.75])
+    # under the area floor a detection still scores 0
+    _, _, floor = detections(scores, [1], 2, bg_threshold=0.25, min_area_fraction=20 / 144, score="mean")
+    np.testing.assert_allclose(floor, [0.0, 0.75])
+    with pytest.raises(ValueError, match="'median'"):
+        detections(scores, [1], 2, 0.25, score="median")
+
+
+def reference_detections(scores, classes, n_instances, bg_threshold, min_area_fraction=0.01, score="peak"):
     """Channel by channel: label its winning pixels (4-connected), one detection per part."""
     h, w = scores.shape[1:]
     out = np.zeros((h, w), np.int32)
@@ -136,7 +156,8 @@ def reference_detections(scores, classes, n_instances, bg_threshold, min_area_fr
             mask = parts == part
             big = mask.sum() >= min_area_fraction * h * w
             det_classes.append(classes[(ch - 1) // n_instances])
-            det_scores.append(scores[ch - 1][mask].max() if big else 0.0)
+            reduce = np.max if score == "peak" else np.mean
+            det_scores.append(reduce(scores[ch - 1][mask].astype(np.float64)) if big else 0.0)
             out[mask] = len(det_scores)
     return out, det_classes, det_scores
 
@@ -149,11 +170,12 @@ def test_detections_match_the_channel_by_channel_reference():
         scores = np.ascontiguousarray(coarse.repeat(4, 1).repeat(4, 2)[:, :h, :w])
         scores[:, rng.random((h, w)) < 0.05] = 0.25          # some ties with the background
         classes = [int(c) for c in rng.choice(20, k, replace=False)]
-        got = detections(scores, classes, i, 0.25, 0.01)
-        want = reference_detections(scores, classes, i, 0.25, 0.01)
-        np.testing.assert_array_equal(got[0], want[0])
-        assert got[1].tolist() == want[1]
-        np.testing.assert_array_equal(got[2], np.array(want[2], np.float32))
+        for score in ("peak", "mean"):
+            got = detections(scores, classes, i, 0.25, 0.01, score)
+            want = reference_detections(scores, classes, i, 0.25, 0.01, score)
+            np.testing.assert_array_equal(got[0], want[0])
+            assert got[1].tolist() == want[1]
+            np.testing.assert_allclose(got[2], np.array(want[2], np.float32), rtol=1e-6)
 
 
 def test_upsample_normalised():
@@ -199,7 +221,7 @@ def test_endpoint_clusters_non_voters_and_8_connectivity():
 
 def synthesis_config(**changes):
     ins_seg = {"bg_threshold": 0.25, "centroid_iterations": 50, "cluster_threshold": 2.5,
-               "min_area_fraction": 0.01, "clustering": "weak_region", "exp_times": -1}
+               "min_area_fraction": 0.01, "clustering": "weak_region", "exp_times": -1, "score": "peak"}
     walk = {"radius": 3, "beta": 10.0, "exp_times": 3, "tolerance": 0.0}
     return {"ins_seg": ins_seg | changes, "random_walk": walk}
 
@@ -224,6 +246,11 @@ def test_synthesize_instances_is_the_paper_composition():
     np.testing.assert_array_equal(same.score_maps, scores)
     shorter = synthesize_instances(cams, [1, 4], boundary, field, synthesis_config(exp_times=1), "cpu", (45, 62))
     assert not np.allclose(shorter.score_maps, scores)
+    # ins_seg.score reaches the detections: the same masks, scored by their mean
+    mean = synthesize_instances(cams, [1, 4], boundary, field, synthesis_config(score="mean"), "cpu", (45, 62))
+    np.testing.assert_array_equal(mean.instances, got.instances)
+    np.testing.assert_array_equal(mean.scores, detections(scores, [1, 4], int(instance_map.max()), 0.25, 0.01, "mean")[2])
+    assert not np.allclose(mean.scores, got.scores)
 
 
 def test_synthesize_instances_with_endpoint_clusters():

@@ -139,6 +139,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "ins_seg.min_area_fraction": (FRACTION,),
     "ins_seg.clustering": (one_of("weak_region", "endpoints"),),
     "ins_seg.exp_times": (at_least(-1),),
+    "ins_seg.score": (one_of("peak", "mean"),),
     "sam.checkpoint": (sam_checkpoint_choice,),
     "sam.model_type": (one_of("", *SAM_MODEL_TYPES),),
     "sam.min_agreement": (between(0.0, 1.0), above(0)),

@@ -84,19 +84,33 @@ def instance_seeds(cams: np.ndarray, instance_map: np.ndarray) -> np.ndarray:
     return (cams[:, None] * onehot[None]).reshape(-1, *instance_map.shape).astype(np.float32)
 
 
+SCORES = ("peak", "mean")
+
+
 def detections(scores: np.ndarray, classes, n_instances: int, bg_threshold: float,
-               min_area_fraction: float = 0.01):
+               min_area_fraction: float = 0.01, score: str = "peak"):
     """Split the argmax of [bg_threshold, scores] into connected components, one detection each.
 
     ``scores`` (K * I, H, W) are normalised random-walk values, channel k * I + i for class
     ``classes[k]``. Returns (instance map (H, W) int32 with 0 = none and n = detection n,
-    detection classes (N,), detection scores (N,)); a detection's score is the max of its
-    channel inside it, or 0 when its area is under ``min_area_fraction`` of the image.
+    detection classes (N,), detection scores (N,)); a detection's score is its channel's
+    value inside it, reduced by ``score``, or 0 when its area is under ``min_area_fraction``
+    of the image:
+
+    - "peak", the reference code's: the max. Each channel is normalised to a max of 1, so
+      every whole instance scores 1 and only fragments rank below; AP then orders the ties
+      arbitrarily.
+    - "mean": the mean over the detection, which ranks masks by how sure the walk is of their
+      whole extent, as SOLOv2 rescores its masks by their mean soft value ("maskness",
+      Wang et al. 2020). A mask that spreads over a neighbour's pixels, where its channel is
+      lower, scores lower.
     Components are 4-connected, as in the reference code; detections are ordered by channel,
     then by their first pixel in raster order.
 
     One labelling of the whole winner map (regions of equal winner are its components) and
     per-component reductions replace a labelling and full-image masks per channel."""
+    if score not in SCORES:
+        raise ValueError(f"detection score '{score}' is not one of {', '.join(SCORES)}")
     h, w = scores.shape[1:]
     if scores.shape[0] == 0:
         return np.zeros((h, w), np.int32), np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -109,13 +123,18 @@ def detections(scores: np.ndarray, classes, n_instances: int, bg_threshold: floa
     area = np.bincount(flat, minlength=n + 1)[1:]
     comp_channel = np.zeros(n + 1, np.int64)
     comp_channel[flat] = winner.ravel()
-    peak = torch.zeros(n + 1, dtype=torch.from_numpy(best).dtype).scatter_reduce_(
-        0, torch.from_numpy(flat.astype(np.int64)), torch.from_numpy(best.ravel()), "amax", include_self=False)
+    if score == "peak":
+        value = torch.zeros(n + 1, dtype=torch.from_numpy(best).dtype).scatter_reduce_(
+            0, torch.from_numpy(flat.astype(np.int64)), torch.from_numpy(best.ravel()), "amax",
+            include_self=False).numpy()
+    else:
+        value = np.bincount(flat, weights=best.ravel(), minlength=n + 1) / np.maximum(
+            np.bincount(flat, minlength=n + 1), 1)
     order = np.lexsort((np.arange(n), comp_channel[1:]))
     rank = np.zeros(n + 1, np.int32)
     rank[order + 1] = np.arange(1, n + 1)
     det_classes = np.asarray(classes, np.int64)[(comp_channel[order + 1] - 1) // max(n_instances, 1)]
-    det_scores = np.where(area[order] >= min_area_fraction * h * w, peak.numpy()[order + 1], 0.0)
+    det_scores = np.where(area[order] >= min_area_fraction * h * w, value[order + 1], 0.0)
     return rank[components], det_classes.astype(np.int64), det_scores.astype(np.float32)
 
 
@@ -141,7 +160,7 @@ def synthesize_instances(cams: np.ndarray, classes, boundary: np.ndarray, displa
     CAM foreground; ``clusters`` (h, w), if given, stands in for them); each cluster's CAM
     seeds are random-walked for 2^exp_times steps (``ins_seg.exp_times``, or the walk's own
     when it is -1), upsampled to the processing size ``size`` (then ``out_size``, the original
-    size) and split into detections (``detections``)."""
+    size) and split into detections (``detections``, scored by ``ins_seg.score``)."""
     from .labels import upsample_normalised
     from .random_walk import random_walk
     c, rw = cfg["ins_seg"], cfg["random_walk"]
@@ -157,5 +176,5 @@ def synthesize_instances(cams: np.ndarray, classes, boundary: np.ndarray, displa
                          rw["tolerance"], device)
     score_maps = upsample_normalised(walked, size, out_size)
     inst, det_classes, det_scores = detections(score_maps, classes, int(clusters.max()), c["bg_threshold"],
-                                               c["min_area_fraction"])
+                                               c["min_area_fraction"], c["score"])
     return Synthesis(inst, det_classes, det_scores, score_maps, clusters, centroids)
