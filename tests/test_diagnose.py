@@ -165,6 +165,38 @@ def test_gt_quality_by_hand():
     assert gt_quality(inst, np.array([0.0, 0.0, 0.0]), gt) == 0.0
 
 
+def test_lost_instances_by_hand():
+    """Six ground-truth instances on a 12 x 20 image: A and B (class 1) touch and share one
+    detection; C and D (class 1) are 3 px apart and share another; E (class 2) shares C's;
+    F (class 2) has a detection holding only a third of it."""
+    from pipelines.stages.diagnose import lost_instances
+    gt = np.zeros((6, 12, 20), bool)
+    gt[0, 0:4, 0:4] = True                 # A
+    gt[1, 0:4, 4:8] = True                 # B, touching A
+    gt[2, 6:10, 0:3] = True                # C
+    gt[3, 6:10, 6:9] = True                # D, 3 px right of C
+    gt[4, 6:10, 10:12] = True              # E, class 2, 1 px right of D
+    gt[5, 0:3, 14:20] = True               # F
+    classes = np.array([1, 1, 1, 1, 2, 2])
+    inst = np.zeros((12, 20), np.int32)
+    inst[0:4, 0:8] = 1                     # A + B
+    inst[6:10, 0:12] = 2                   # C + D + E
+    inst[0:3, 14:16] = 3                   # 6 of F's 18 pixels
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    got = lost_instances(inst, scores, gt, classes)
+    assert got == {"found": 0, "missed": 1, "merged_touching": 2, "merged_apart": 2, "merged_other_class": 1}
+    # a detection that scores 0 holds nothing: A and B are then missed too
+    got = lost_instances(inst, np.array([0.0, 0.8, 0.7], np.float32), gt, classes)
+    assert got["missed"] == 3 and got["merged_touching"] == 0
+    # one detection per instance: all found
+    perfect = np.zeros((12, 20), np.int32)
+    for k, m in enumerate(gt, start=1):
+        perfect[m] = k
+    assert lost_instances(perfect, np.ones(6, np.float32), gt, classes)["found"] == 6
+    assert lost_instances(perfect, np.ones(6, np.float32), gt[:0], classes[:0]) == dict.fromkeys(
+        ("found", "missed", "merged_touching", "merged_apart", "merged_other_class"), 0)
+
+
 @pytest.fixture(scope="module")
 def diagnosed(tiny_data, tmp_path_factory):
     """``wsis diagnose`` on a fresh work dir: it runs make_cam .. irn_infer itself first."""
@@ -187,6 +219,8 @@ def test_diagnose_command_writes_the_table(diagnosed):
     for name, row in result["rows"].items():
         assert 0 <= row["mAP70"] <= row["mAP50"] <= 1, name
         assert row["under_segmented"] + row["over_segmented"] <= 1
+        losses = [row[k] for k in ("missed", "merged_touching", "merged_apart", "merged_other_class")]
+        assert all(0 <= v <= 1 for v in losses) and sum(losses) <= 1, name
     assert result["rows"]["all"]["mAP50"] >= 0.9
     assert result["rows"]["all"]["mAP50"] >= result["rows"]["baseline"]["mAP50"]
     # the printed table is the JSON's

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from wsis.algorithms.instances import Synthesis, synthesize_instances
 from wsis.diagnose import oracles
@@ -121,14 +122,60 @@ def gt_quality(instances: np.ndarray, scores: np.ndarray, gt_masks: np.ndarray) 
     return float((inter / np.maximum(union, 1)).max(0).mean())
 
 
+TOUCH_PX = 2                 # ground-truth instances this close (in pixels) touch
+LOSSES = ("missed", "merged_touching", "merged_apart", "merged_other_class")
+
+
+def lost_instances(instances: np.ndarray, scores: np.ndarray, gt_masks: np.ndarray, gt_classes) -> dict[str, int]:
+    """How the ground-truth instances of one image are lost: counts of instances
+
+    - "missed": no detection (scoring > 0) holds half of it;
+    - "merged_touching": the detection holding most of it also holds most of another instance
+      of its class that touches it (within ``TOUCH_PX`` pixels);
+    - "merged_apart": ... of another instance of its class, none of them touching;
+    - "merged_other_class": ... only of instances of other classes.
+    The rest are "found". Touching instances of one class share no boundary in class-level
+    labels, so "merged_touching" is the loss that no better CAM or relation label removes."""
+    counts = dict.fromkeys(("found",) + LOSSES, 0)
+    n = len(gt_masks)
+    if n == 0:
+        return counts
+    keep = np.flatnonzero(scores > 0) + 1
+    holder = np.full(n, -1)
+    if len(keep):
+        pred = instances[None] == keep[:, None, None]
+        inter = np.einsum("phw,ghw->gp", pred.astype(np.float32), gt_masks.astype(np.float32))
+        best = inter.argmax(1)
+        held = inter[np.arange(n), best] >= 0.5 * np.maximum(gt_masks.sum((1, 2)), 1)
+        holder = np.where(held, best, -1)
+    grown = [ndimage.binary_dilation(m, iterations=TOUCH_PX) for m in gt_masks]
+    for i in range(n):
+        if holder[i] < 0:
+            counts["missed"] += 1
+            continue
+        partners = [j for j in range(n) if j != i and holder[j] == holder[i]]
+        same = [j for j in partners if gt_classes[j] == gt_classes[i]]
+        if any((grown[i] & gt_masks[j]).any() for j in same):
+            counts["merged_touching"] += 1
+        elif same:
+            counts["merged_apart"] += 1
+        elif partners:
+            counts["merged_other_class"] += 1
+        else:
+            counts["found"] += 1
+    return counts
+
+
 class RowScore:
-    """One row's accumulated figures: InstanceAP, instances per image, per-image quality."""
+    """One row's accumulated figures: InstanceAP, instances per image, per-image quality, how
+    ground-truth instances are lost."""
 
     def __init__(self, num_classes: int):
         self.ap = InstanceAP(num_classes, THRESHOLDS)
         self.predicted: list[int] = []
         self.ground_truth: list[int] = []
         self.quality: dict[str, float] = {}
+        self.lost = dict.fromkeys(("found",) + LOSSES, 0)
 
     def add(self, image_id: str, synthesis: Synthesis, gt) -> None:
         n = len(synthesis.classes)
@@ -137,6 +184,8 @@ class RowScore:
         self.predicted.append(int((synthesis.scores > 0).sum()))
         self.ground_truth.append(len(gt.classes))
         self.quality[image_id] = gt_quality(synthesis.instances, synthesis.scores, gt.masks)
+        for k, v in lost_instances(synthesis.instances, synthesis.scores, gt.masks, gt.classes).items():
+            self.lost[k] += v
 
     def result(self) -> dict:
         aps = self.ap.result()
@@ -144,19 +193,24 @@ class RowScore:
         return {"mAP50": mean_ap(aps[0.5]), "mAP70": mean_ap(aps[0.7]),
                 "instances_per_image": float(pred.mean()), "gt_instances_per_image": float(gt.mean()),
                 "under_segmented": float((pred < gt).mean()), "over_segmented": float((pred > gt).mean()),
-                "mean_gt_iou": float(np.mean(list(self.quality.values())))}
+                "mean_gt_iou": float(np.mean(list(self.quality.values()))),
+                # shares of the ground-truth instances
+                **{k: self.lost[k] / max(int(gt.sum()), 1) for k in LOSSES}}
 
 
 def format_table(rows: dict[str, dict], images: int) -> str:
     width = max(len(name) for name in ["oracle", *rows]) + 2
     head = (f"{'oracle':<{width}}{'mAP50':>7}{'mAP70':>7}{'inst/img':>10}{'GT/img':>8}{'under':>7}{'over':>7}"
-            f"{'GT IoU':>8}")
-    lines = [f"oracle ablation of the instance pseudo-labels, {images} images (mAP in %, rates in % of images)",
+            f"{'GT IoU':>8}{'missed':>8}{'m.touch':>9}{'m.apart':>9}{'m.other':>9}")
+    lines = [f"oracle ablation of the instance pseudo-labels, {images} images (mAP in %, under/over in % of "
+             "images; missed and merged (m.) in % of ground-truth instances: merged with a touching instance "
+             "of its class, a separate one of its class, or only other classes)",
              head, "-" * len(head)]
     for name, r in rows.items():
         lines.append(f"{name:<{width}}{100 * r['mAP50']:>7.1f}{100 * r['mAP70']:>7.1f}{r['instances_per_image']:>10.2f}"
                      f"{r['gt_instances_per_image']:>8.2f}{100 * r['under_segmented']:>7.1f}"
-                     f"{100 * r['over_segmented']:>7.1f}{r['mean_gt_iou']:>8.3f}")
+                     f"{100 * r['over_segmented']:>7.1f}{r['mean_gt_iou']:>8.3f}"
+                     + "".join(f"{100 * r.get(k, float('nan')):>{w}.1f}" for k, w in zip(LOSSES, (8, 9, 9, 9))))
     return "\n".join(lines)
 
 
@@ -260,7 +314,7 @@ def draw_worst(pipeline: Pipeline, ids: list[str], quality: dict[str, float], ou
 
 
 REPORT_KEYS = ("mAP50", "mAP70", "instances_per_image", "gt_instances_per_image", "under_segmented",
-               "over_segmented")
+               "over_segmented") + LOSSES
 
 
 def report_section(work_dir: Path, report_dir: Path) -> tuple[dict, list[tuple[str, str]]]:
