@@ -22,8 +22,9 @@ def native_bf16(device: str) -> bool:
     """Whether ``device`` computes bfloat16 in hardware: CUDA with native bf16 (Ampere and
     later), an x86 CPU with AVX512-BF16 or AMX, an Arm CPU with its BF16 extension.
 
-    Elsewhere bf16 is emulated and slow: on an AVX2-only x86 CPU, SOLOv2's training step under
-    bf16 autocast measured 9.0 s against 0.65 s in float32 (14x), so "auto" must not pick it."""
+    Elsewhere bf16 is emulated and slow: with oneDNN limited to AVX2, SOLOv2's training step under
+    bf16 autocast measured 8.8 s against 0.66 s in float32 (13x; benchmarks/train_step.py
+    --emulated), so "auto" must not pick it."""
     import platform
 
     import torch
