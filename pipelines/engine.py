@@ -219,8 +219,13 @@ class Pipeline:
     def fingerprint(self, stage: Stage) -> tuple[str, dict]:
         if stage.name not in self._fingerprints:
             ids = self.stage_ids(stage)
+            config = stage.config_read(self.cfg)
+            if config.get("run.amp") == "auto":
+                # the precision it trains in, which depends on the machine: a cache trained in
+                # bf16 is not reused (or resumed) where "auto" means float32, and the reverse
+                config["run.amp"] = self.resolved_amp()
             components = {
-                "config": {name: section_hash(v) for name, v in stage.config_read(self.cfg).items()},
+                "config": {name: section_hash(v) for name, v in config.items()},
                 "code": stage.version,
                 "upstream": {u: self.fingerprint(self.stages[u])[0] for u in stage.upstream},
                 # stages that read no image go stale through their upstream when one changes
@@ -239,6 +244,12 @@ class Pipeline:
                 components["files"] = files
             self._fingerprints[stage.name] = (section_hash(components), components)
         return self._fingerprints[stage.name]
+
+    def resolved_amp(self) -> str:
+        """What ``run.amp = "auto"`` trains in on this machine's device ("bf16" or "off")."""
+        from wsis.device import resolve_device
+        from .trainer import resolve_amp
+        return resolve_amp("auto", resolve_device(self.device))
 
     # ------------------------------------------------------------- the cache
     def out_dir(self, stage: Stage) -> Path:

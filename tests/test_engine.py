@@ -256,3 +256,21 @@ def test_recorded_outputs_find_damage(tmp_path):
     (out / "model.pt").write_bytes(b"short")
     d = damaged_outputs(out, rec, {"a.npz", "a.png"})
     assert d["a.npz"] == "missing" and d["model.pt"] == f"5 bytes, {len(model)} recorded"
+
+
+def test_auto_precision_enters_the_fingerprint_as_what_it_trains_in(tmp_path, monkeypatch):
+    """run.amp = "auto" hashes as the precision it resolves to on this machine: the same cache
+    as an explicit "bf16" where the CPU has bf16, and not one trained in bf16 where it means
+    float32 (nor resumed from one)."""
+    import wsis.device
+    stage = Stage("t", "t", (), sections=("run.amp",), version=1, image_splits=lambda cfg: ["all"],
+                  run=make_stage("t").run, reads_images=False)
+    ds = Dataset("toy", tmp_path, ("a", "b"), {"all": ("x", "y")}, {"x": (0,), "y": (1,)})
+
+    def fp(amp):
+        return Pipeline({"t": stage}, {"run": {"chunk_size": 1, "amp": amp}}, ds, tmp_path / "work",
+                        device="cpu").fingerprint(stage)[0]
+    for native, same in ((True, "bf16"), (False, "off")):
+        monkeypatch.setattr(wsis.device, "native_bf16", lambda device, native=native: native)
+        assert fp("auto") == fp(same)
+    assert fp("bf16") != fp("off")
