@@ -126,17 +126,22 @@ TOUCH_PX = 2                 # ground-truth instances this close (in pixels) tou
 LOSSES = ("missed", "merged_touching", "merged_apart", "merged_other_class")
 
 
+def no_losses() -> dict[str, int]:
+    return dict.fromkeys(("found",) + LOSSES, 0)
+
+
 def lost_instances(instances: np.ndarray, scores: np.ndarray, gt_masks: np.ndarray, gt_classes) -> dict[str, int]:
     """How the ground-truth instances of one image are lost: counts of instances
 
     - "missed": no detection (scoring > 0) holds half of it;
-    - "merged_touching": the detection holding most of it also holds most of another instance
-      of its class that touches it (within ``TOUCH_PX`` pixels);
+    - "merged_touching": the detection holding the most of it (at least half) is also the one
+      holding the most of another instance of its class that touches it (within ``TOUCH_PX``
+      pixels);
     - "merged_apart": ... of another instance of its class, none of them touching;
     - "merged_other_class": ... only of instances of other classes.
     The rest are "found". Touching instances of one class share no boundary in class-level
     labels, so "merged_touching" is the loss that no better CAM or relation label removes."""
-    counts = dict.fromkeys(("found",) + LOSSES, 0)
+    counts = no_losses()
     n = len(gt_masks)
     if n == 0:
         return counts
@@ -175,7 +180,7 @@ class RowScore:
         self.predicted: list[int] = []
         self.ground_truth: list[int] = []
         self.quality: dict[str, float] = {}
-        self.lost = dict.fromkeys(("found",) + LOSSES, 0)
+        self.lost = no_losses()
 
     def add(self, image_id: str, synthesis: Synthesis, gt) -> None:
         n = len(synthesis.classes)

@@ -120,7 +120,8 @@ def detections(scores: np.ndarray, classes, n_instances: int, bg_threshold: floa
     components = connected_components(winner, connectivity=1, background=0)
     n = int(components.max())
     flat = components.ravel()
-    area = np.bincount(flat, minlength=n + 1)[1:]
+    pixels = np.bincount(flat, minlength=n + 1)
+    area = pixels[1:]
     comp_channel = np.zeros(n + 1, np.int64)
     comp_channel[flat] = winner.ravel()
     if score == "peak":
@@ -128,8 +129,7 @@ def detections(scores: np.ndarray, classes, n_instances: int, bg_threshold: floa
             0, torch.from_numpy(flat.astype(np.int64)), torch.from_numpy(best.ravel()), "amax",
             include_self=False).numpy()
     else:
-        value = np.bincount(flat, weights=best.ravel(), minlength=n + 1) / np.maximum(
-            np.bincount(flat, minlength=n + 1), 1)
+        value = np.bincount(flat, weights=best.ravel(), minlength=n + 1) / np.maximum(pixels, 1)
     order = np.lexsort((np.arange(n), comp_channel[1:]))
     rank = np.zeros(n + 1, np.int32)
     rank[order + 1] = np.arange(1, n + 1)
