@@ -3,7 +3,7 @@
 
 Prints whether this CPU computes bf16 in hardware (what ``run.amp = "auto"`` decides), then
 seconds per step (forward under autocast, loss in float32, backward, SGD step) for float32 and
-bf16, and, with --emulated, bf16 again in a child process with oneDNN limited to AVX2: how a
+bf16, and, with --emulated, both again in a child process with oneDNN limited to AVX2: how a
 CPU without native bf16 would fare, the reason "auto" exists.
 
     python benchmarks/train_step.py                        # SOLOv2, batch 8 at 160 px
@@ -28,6 +28,7 @@ def step_seconds(model_name: str, amp: str, steps: int, overrides: list[str]) ->
     import numpy as np
     import torch
 
+    from pipelines.trainer import Precision, as_float32
     from wsis.config import load_config
     from wsis.data.seg_data import canvas_target
     from wsis.data.synthetic import render
@@ -41,8 +42,9 @@ def step_seconds(model_name: str, amp: str, steps: int, overrides: list[str]) ->
     heads = {k: cfg[k] for k in ("solo", "yolact", "centermask")}
     model = build_instance_model(model_name, len(classes), cfg["backbone"], heads, "none", s["fpn_channels"])
     images, targets = [], []
-    for index in range(batch):    # generated photos of the preset's kind (~150 px, 1-4 instances)
-        img, _, _, inst = render(index, 0, "train", classes, (128, 176), 4)
+    gen = cfg["synthetic"]
+    for index in range(batch):    # generated photos of the preset's kind
+        img, _, _, inst = render(index, gen["seed"], "train", classes, tuple(gen["image_size"]), gen["max_instances"])
         masks = np.array([m for _, m in inst]) if inst else np.zeros((0,) + img.shape[:2], bool)
         labels = np.array([c for c, _ in inst], np.int64)
         canvas, _, valid = letterbox(img, size)
@@ -52,12 +54,12 @@ def step_seconds(model_name: str, amp: str, steps: int, overrides: list[str]) ->
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     model.train()
 
+    precision = Precision(amp, "cpu")     # the trainer's autocast and float32 losses
+
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+        with precision.autocast():
             out = model(x)
-        out = {k: ([t.float() for t in v] if isinstance(v, list) else v.float() if torch.is_tensor(v) else v)
-               for k, v in out.items()}
-        loss = sum(model.loss(out, targets).values())
+        loss = sum(model.loss(as_float32(out), targets).values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -89,15 +91,18 @@ def main() -> None:
           f"native bf16 on this CPU: {native} (run.amp = auto trains in {'bf16' if native else 'float32'})")
     rows = [("float32", step_seconds(args.model, "off", args.steps, args.set)),
             ("bf16", step_seconds(args.model, "bf16", args.steps, args.set))]
-    if args.emulated:
-        out = subprocess.run([sys.executable, __file__, "--child", "bf16", "--model", args.model,
-                              "--steps", str(args.steps), "--threads", str(args.threads),
-                              *[a for s in args.set for a in ("--set", s)]],
-                             env=os.environ | {"ONEDNN_MAX_CPU_ISA": "AVX2"}, capture_output=True, text=True,
-                             check=True)
-        rows.append(("bf16, oneDNN limited to AVX2", float(out.stdout.strip().splitlines()[-1])))
-    for name, seconds in rows:
-        print(f"  {name:<30} {seconds:7.3f} s/step  (x{rows[0][1] / seconds:.2f} against float32)")
+    emulated = []
+    if args.emulated:   # both precisions again, with oneDNN limited to AVX2 (no bf16 instructions)
+        for amp, name in (("off", "float32"), ("bf16", "bf16")):
+            out = subprocess.run([sys.executable, __file__, "--child", amp, "--model", args.model,
+                                  "--steps", str(args.steps), "--threads", str(args.threads),
+                                  *[a for s in args.set for a in ("--set", s)]],
+                                 env=os.environ | {"ONEDNN_MAX_CPU_ISA": "AVX2"}, capture_output=True, text=True,
+                                 check=True)
+            emulated.append((f"{name}, oneDNN limited to AVX2", float(out.stdout.strip().splitlines()[-1])))
+    for group in (rows, emulated):
+        for name, seconds in group:
+            print(f"  {name:<30} {seconds:7.3f} s/step  (x{group[0][1] / seconds:.2f} against float32 alike)")
 
 
 if __name__ == "__main__":

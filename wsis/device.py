@@ -23,8 +23,8 @@ def native_bf16(device: str) -> bool:
     later), an x86 CPU with AVX512-BF16 or AMX, an Arm CPU with its BF16 extension.
 
     Elsewhere bf16 is emulated and slow: with oneDNN limited to AVX2, SOLOv2's training step under
-    bf16 autocast measured 8.8 s against 0.66 s in float32 (13x; benchmarks/train_step.py
-    --emulated), so "auto" must not pick it."""
+    bf16 autocast measured 8.8 s against 0.49 s in float32 under the same limit (18x;
+    benchmarks/train_step.py --emulated), so "auto" must not pick it."""
     import platform
 
     import torch
