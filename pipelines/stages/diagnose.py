@@ -108,17 +108,24 @@ def relation_oracle_pipeline(pipeline: Pipeline, kind: str = "relations") -> Pip
 
 
 # ------------------------------------------------------------------------------ scoring
+def overlaps(instances: np.ndarray, scores: np.ndarray, gt_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels each detection scoring > 0 shares with each ground-truth instance (P, G),
+    pixels of each such detection (P,))."""
+    pred = instances[None] == (np.flatnonzero(scores > 0) + 1)[:, None, None]
+    inter = np.einsum("phw,ghw->pg", pred.astype(np.float32), gt_masks.astype(np.float32))
+    return inter, pred.sum((1, 2))
+
+
 def gt_quality(instances: np.ndarray, scores: np.ndarray, gt_masks: np.ndarray) -> float:
     """Mean over the ground-truth instances of their best IoU with a detection scoring > 0
     (1.0 for an image with neither)."""
-    keep = np.flatnonzero(scores > 0) + 1
+    n_pred = int((scores > 0).sum())
     if len(gt_masks) == 0:
-        return 1.0 if len(keep) == 0 else 0.0
-    if len(keep) == 0:
+        return 1.0 if n_pred == 0 else 0.0
+    if n_pred == 0:
         return 0.0
-    pred = instances[None] == keep[:, None, None]
-    inter = np.einsum("phw,ghw->pg", pred.astype(np.float32), gt_masks.astype(np.float32))
-    union = pred.sum((1, 2))[:, None] + gt_masks.sum((1, 2))[None] - inter
+    inter, pred_area = overlaps(instances, scores, gt_masks)
+    union = pred_area[:, None] + gt_masks.sum((1, 2))[None] - inter
     return float((inter / np.maximum(union, 1)).max(0).mean())
 
 
@@ -145,11 +152,9 @@ def lost_instances(instances: np.ndarray, scores: np.ndarray, gt_masks: np.ndarr
     n = len(gt_masks)
     if n == 0:
         return counts
-    keep = np.flatnonzero(scores > 0) + 1
     holder = np.full(n, -1)
-    if len(keep):
-        pred = instances[None] == keep[:, None, None]
-        inter = np.einsum("phw,ghw->gp", pred.astype(np.float32), gt_masks.astype(np.float32))
+    if (scores > 0).any():
+        inter = overlaps(instances, scores, gt_masks)[0].T             # (G, P)
         best = inter.argmax(1)
         held = inter[np.arange(n), best] >= 0.5 * np.maximum(gt_masks.sum((1, 2)), 1)
         holder = np.where(held, best, -1)
