@@ -84,7 +84,7 @@ def synthesise(cams, boundary, displacement, cfg):
                                               rw["tolerance"]))
     scores = step("upsample", lambda: upsample_normalised(walked, IMAGE))
     out["detections"] = step("detections", lambda: detections(scores, CLASSES, n_instances, c["bg_threshold"],
-                                                            c["min_area_fraction"]))
+                                                            c["min_area_fraction"], c["score"]))
     out["n_instances"] = n_instances
     out["walked"] = int((seeds != 0).any(axis=(1, 2)).sum())
     out["channels"] = len(seeds)
@@ -96,15 +96,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--clustering", choices=("weak_region", "endpoints"), default="weak_region",
                    help="ins_seg.clustering (the voc2012 preset: weak_region)")
+    p.add_argument("--score", choices=("peak", "mean"), default="peak",
+                   help="ins_seg.score (the voc2012 preset: peak)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    cfg = load_config("voc2012", overrides=[f"ins_seg.clustering={args.clustering}"])
+    cfg = load_config("voc2012", overrides=[f"ins_seg.clustering={args.clustering}", f"ins_seg.score={args.score}"])
     cams, boundary, displacement, truth = make_scene()
     runs = [synthesise(cams, boundary, displacement, cfg) for _ in range(args.repeats + 1)][1:]
     out = runs[-1][1]
     inst, det_classes, det_scores = out["detections"]
     print(f"instance synthesis on a {IMAGE[1]}x{IMAGE[0]} image ({H}x{W} grid), 3 classes x 4 touching "
-          f"instances, ins_seg.clustering = {args.clustering},\n"
+          f"instances, ins_seg.clustering = {args.clustering}, ins_seg.score = {args.score},\n"
           f"random_walk.tolerance = {cfg['random_walk']['tolerance']:g}, 1 thread, "
           f"median of {args.repeats} (wall / process CPU)")
     print(f"{out['n_instances']} clusters (12 instances + background) -> {out['channels']} seed channels, "
