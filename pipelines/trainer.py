@@ -10,14 +10,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from wsis.errors import ConfigError
-from wsis.io import read_json, write_json
-from wsis.checkpoint import load_checkpoint, poly_lr, save_checkpoint
+from wsis.errors import ConfigError, WsisError
+from wsis.io import read_json_or_none, write_json
+from wsis.checkpoint import UnreadableCheckpoint, load_checkpoint, poly_lr, save_checkpoint
 
 from . import distributed
 from .engine import PROGRESS, Job
 
 CHECKPOINT_FILE = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.previous.pt"   # the epoch before: resumed from when the last is damaged
 LOSS_HISTORY_FILE = "loss_history.json"   # per epoch: mean loss and mean of each logged term
 
 
@@ -174,8 +175,8 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
     max_step = steps_per_epoch * epochs
     ckpt_path = job.out_dir / CHECKPOINT_FILE
     start_epoch = 0
-    if ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path, job.device)
+    ckpt = resume_state(job, rank)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
@@ -189,7 +190,8 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
                for epoch in range(start_epoch, epochs) for it in range(steps_per_epoch)]
     progress = job.progress(len(batches), unit="iterations") if rank == 0 else None
     history_path = job.out_dir / LOSS_HISTORY_FILE
-    history = read_json(history_path)[:start_epoch] if history_path.is_file() else []
+    history = read_json_or_none(history_path)
+    history = history[:start_epoch] if isinstance(history, list) else []
     sums: dict[str, float] = {}
     model.train()
     t0 = time.monotonic()
@@ -214,6 +216,11 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
             loss = loss.detach().clone()
             torch.distributed.all_reduce(loss)
             loss /= world
+        if not torch.isfinite(loss):
+            # every later step would be NaN too; checked on the global loss, so all ranks stop
+            kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no epoch had finished"
+            raise WsisError(f"{job.stage}: the loss became {loss.item()} in epoch {epoch + 1} of {epochs}; stopped "
+                            f"({kept}); lower the learning rate, or check the data")
         for key, value in {"loss": loss, **logs}.items():   # logs: this rank's share
             sums[key] = sums.get(key, 0.0) + float(value.detach() if hasattr(value, "detach") else value)
         rate = batch / max(time.monotonic() - t0, 1e-9)
@@ -224,6 +231,8 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
             history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}})
             sums = {}
             if rank == 0:
+                if ckpt_path.is_file():
+                    os.replace(ckpt_path, job.out_dir / PREVIOUS_CHECKPOINT_FILE)
                 save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
                                 scaler=precision.scaler.state_dict() if precision.scaler.is_enabled() else None)
                 write_json(history_path, history)
@@ -248,4 +257,24 @@ def finish_training(job: Job, model_file: str, **payload) -> None:
     if not distributed.is_main_process():
         return
     save_checkpoint(job.out_dir / model_file, **payload)
-    (job.out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+        (job.out_dir / name).unlink(missing_ok=True)
+
+
+def resume_state(job: Job, rank: int) -> dict | None:
+    """The last readable resume checkpoint: the last epoch's, or, when that one is truncated or
+    corrupt (a disk that lost its tail, a copy cut short), the epoch before's, so only that
+    last epoch is trained again. None: start from the first epoch."""
+    for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+        path = job.out_dir / name
+        if not path.is_file():
+            continue
+        try:
+            ckpt = load_checkpoint(path, job.device)
+            if not isinstance(ckpt, dict) or not {"model", "optimizer", "epoch"} <= ckpt.keys():
+                raise UnreadableCheckpoint(f"{path}: not a resume checkpoint")
+            return ckpt
+        except UnreadableCheckpoint as e:
+            if rank == 0:   # left in place: other ranks may still be reading it; the next epoch replaces it
+                print(f"{job.stage}: discarded the resume checkpoint {e}", flush=True)
+    return None
