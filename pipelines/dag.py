@@ -90,7 +90,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           result_file=("pseudo-labels (COCO JSON)", "pseudo_labels.json")),
     Stage("merge_review", "reviewed annotations over the pseudo-labels (wsis review import)",
           upstream=("export",), sections=(), version=1, image_splits=infer_split, run="merge_review:run",
-          reads_images=False, input_files=("review/reviewed.json",)),
+          reads_images=False, input_files=("review/reviewed.json",), check_inputs="merge_review:check_store"),
     Stage("eval_sem_seg", "semantic pseudo-label mIoU", upstream=("sem_seg",),
           sections=(), version=1, image_splits=infer_split,
           run="eval_pseudo:run_semantic", needs_masks=True, reads_images=False),

@@ -96,6 +96,9 @@ class Stage:
     ignores: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
     input_files: tuple[str, ...] = ()   # files under the work dir whose content it depends on
+    # "module:function" of the work dir that raises WsisError when an input file of the stage
+    # cannot be used: called before anything is cleared
+    check_inputs: str | None = None
     enabled_by: str | None = None       # "section.key": a bool that must be true for the stage to exist
 
     def enabled(self, cfg: dict) -> bool:
@@ -323,6 +326,7 @@ class Pipeline:
                 try:
                     remove_stray_temps(self.work_dir)
                     self._check_images(todo)
+                    self._check_inputs(todo)
                     self.hashes.save()
                     config_text = dumps_toml(self.cfg).encode()
                     config_path = self.work_dir / "config.toml"
@@ -385,6 +389,13 @@ class Pipeline:
             for (path, key), _ in zip(unchecked, pool.map(lambda pk: read_rgb(pk[0]).shape, unchecked)):
                 cache[path] = key
         write_json(cache_path, cache)
+
+    def _check_inputs(self, todo: list[Stage]) -> None:
+        """Each stage's own check of its input files (a review store that no longer parses),
+        so that it stops the run before any stage output is cleared."""
+        for stage in todo:
+            if stage.check_inputs:
+                stage.function("check_inputs")(self.work_dir)
 
     def _execute(self, stage: Stage, runner: "DaskRunner") -> None:
         self._running = stage     # named in a disk-full message

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from conftest import tiny_args, wsis
+from conftest import snapshot, tiny_args, wsis
+from test_faults import one_line_error
 from wsis.data.synthetic import shape_mask
 from wsis.io import read_npz
 from wsis.review.confidence import (first_last_fraction, image_confidence, instance_confidence, instance_margins,
@@ -309,3 +310,140 @@ def test_a_walk_flood_past_the_cam_ranks_first():
     assert conf["flood"] == pytest.approx((0.6875 + 1 + 0.0625) / 3)
     assert conf["tight"] == pytest.approx(1.0)
     assert review_order(conf) == ["flood", "tight"]
+
+
+# ------------------------------------------------------- untrusted import files (issue 21.6)
+def one_line(proc):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def exported_coco(tiny_data, work, tmp_path, top=2):
+    out = tmp_path / f"export_{top}.json"
+    wsis("review", "export", "--format", "coco", "--top", top, "--out", out, *tiny_args(tiny_data, work))
+    return json.loads(out.read_text())
+
+
+def test_malformed_import_files_name_the_entry(tiny_data, run_copy, tmp_path):
+    good = exported_coco(tiny_data, run_copy, tmp_path)
+
+    def edited(change):
+        doc = json.loads(json.dumps(good))
+        change(doc)
+        return doc
+
+    cases = [
+        (edited(lambda d: d["images"][0].pop("id")), "image #0 (", "id must be a number or string"),
+        (edited(lambda d: d["images"][0].pop("height")), f"image {good['images'][0]['id']}: has width but not height"),
+        (edited(lambda d: d.update(images=7)), "images must be a list, got int"),
+        (edited(lambda d: d["annotations"].append("a polygon")), "annotations #", 'must be an object, got "a polygon"'),
+        (edited(lambda d: d["categories"][0].pop("id")), "category #0 (", "id must be a number or string"),
+        (edited(lambda d: d["images"][0].update(file_name=3)), "file name must be a non-empty string, got 3"),
+        (edited(lambda d: d["images"][0].update(height=-5)), "width and height must be positive whole numbers"),
+        (["a.jpg", "b.jpg"], 'task #0 must be an object, got "a.jpg"'),
+        ([{"data": "x", "annotations": [{"result": []}]}], "task 0: data must be an object"),
+        ([{"data": {"image": "x"}, "annotations": ["done"]}], "task 0: annotations #0 must be an object"),
+    ]
+    for doc, *fragments in cases:
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(doc))
+        line = one_line(wsis("review", "import", path, *tiny_args(tiny_data, run_copy), check=False))
+        assert str(path) in line, line
+        for f in fragments:
+            assert f in line, (f, line)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert "JSON nested too deeply" in one_line(wsis("review", "import", deep, *tiny_args(tiny_data, run_copy),
+                                                    check=False))
+    assert not (run_copy / "review" / "reviewed.json").exists()
+
+
+def zip_bomb(path, doc, padding_mib):
+    """A CVAT zip whose JSON member is ``doc`` followed by ``padding_mib`` MiB of spaces: valid
+    JSON that inflates from well under a MiB."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        with z.open("annotations/instances_default.json", "w") as member:
+            member.write(json.dumps(doc).encode())
+            block = b" " * 2**20
+            for _ in range(padding_mib):
+                member.write(block)
+    return path
+
+
+def test_a_failed_import_leaves_the_store_byte_identical(tiny_data, run_copy, tmp_path):
+    store = run_copy / "review" / "reviewed.json"
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(exported_coco(tiny_data, run_copy, tmp_path, top=2)))
+    wsis("review", "import", first, *tiny_args(tiny_data, run_copy))
+    before = store.read_bytes()
+    later = exported_coco(tiny_data, run_copy, tmp_path, top=4)
+
+    # a bad entry after good ones: nothing of the good ones is stored
+    bad = json.loads(json.dumps(later))
+    bad["annotations"].append({"id": 999, "image_id": later["images"][-1]["id"], "category_id": 1,
+                               "segmentation": [[1, 2, 3]]})
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    line = one_line(wsis("review", "import", tmp_path / "bad.json", *tiny_args(tiny_data, run_copy), check=False))
+    assert "annotation 999: invalid polygon" in line
+    assert store.read_bytes() == before
+
+    # a zip bomb: refused from its declared size, before inflating
+    bomb = zip_bomb(tmp_path / "bomb.zip", later, 300)
+    assert bomb.stat().st_size < 2**20
+    line = one_line(wsis("review", "import", bomb, *tiny_args(tiny_data, run_copy), check=False))
+    assert f"{bomb}: annotations/instances_default.json inflates to more than 256 MiB (review.max_member_mb)" in line
+    assert store.read_bytes() == before
+    from wsis.review.formats import read_review
+    from wsis.data import open_dataset
+    from wsis.config import load_config
+    from conftest import TINY
+    cfg = load_config("synthetic", TINY)
+    ds = open_dataset("synthetic", cfg, tiny_data)
+    small = zip_bomb(tmp_path / "small.zip", later, 2)
+    with pytest.raises(Exception, match="inflates to more than 1 MiB"):
+        read_review(small, ds, ds.ids("train"), max_member_mb=1)
+    assert len(read_review(small, ds, ds.ids("train"), max_member_mb=3)) == 4   # the same file under a higher limit
+
+
+def test_a_full_disk_during_an_import_leaves_the_store_as_it_was(tiny_data, run_copy, tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+    from wsis.errors import DiskFullError
+    from wsis.review.formats import store_review
+    store = run_copy / "review" / "reviewed.json"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_text(json.dumps({"images": {"a": {"height": 1, "width": 1, "source": "x", "instances": []}}}))
+    before = store.read_bytes()
+    real = Path.write_bytes
+
+    def half_then_full(self, data):   # the file system fills up halfway through every write
+        real(self, data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    with pytest.raises(DiskFullError):
+        store_review({"b": (2, 2, [(np.ones((2, 2), bool), 0)])}, store, tmp_path / "src.json")
+    monkeypatch.undo()
+    assert store.read_bytes() == before
+    assert [p.name for p in store.parent.iterdir()] in (["reviewed.json"], ["reviewed.json", "reviewed.previous.json"])
+
+
+def test_a_truncated_store_is_one_line_naming_the_last_good_one(tiny_data, run_copy, tmp_path):
+    store = run_copy / "review" / "reviewed.json"
+    for top in (2, 4):
+        path = tmp_path / f"r{top}.json"
+        path.write_text(json.dumps(exported_coco(tiny_data, run_copy, tmp_path, top=top)))
+        wsis("review", "import", path, *tiny_args(tiny_data, run_copy))
+        if top == 2:
+            after_first = store.read_bytes()
+    backup = run_copy / "review" / "reviewed.previous.json"
+    assert backup.read_bytes() == after_first            # the store as it was before the last import
+    store.write_bytes(store.read_bytes()[:100])
+    merged = snapshot(run_copy / "merge_review")
+    for args in (("review", "import", tmp_path / "r2.json"), ("run", "--stage", "merge_review")):
+        proc = wsis(*args, *tiny_args(tiny_data, run_copy), check=False)
+        one_line_error(proc, f"{store}: the stored reviews are truncated", f"the last good one is {backup}")
+    assert store.read_bytes() == after_first[:100] and backup.read_bytes() == after_first
+    assert snapshot(run_copy / "merge_review") == merged      # checked before merge_review was cleared

@@ -334,11 +334,12 @@ def review_export(fmt, top, out, image_url_prefix, **common):
 def review_import(file, **common):
     """Store corrected annotations (COCO JSON / CVAT zip / Label Studio JSON export) for training."""
     from pipelines.stages.merge_review import REVIEW_STORE
-    from .review.formats import read_review, store_review
+    from .review.formats import DEFAULT_MAX_MEMBER_MB, read_review, store_review
     session = Session(**common)
     pipeline = session.pipeline()
     ds = pipeline.dataset
-    reviewed = read_review(file, ds, ds.ids(session.cfg["data"]["infer_split"]))
+    limit = session.cfg.get("review", {}).get("max_member_mb", DEFAULT_MAX_MEMBER_MB)
+    reviewed = read_review(file, ds, ds.ids(session.cfg["data"]["infer_split"]), limit)
     store = session.work_dir / REVIEW_STORE
     doc = store_review(reviewed, store, Path(file).resolve())
     n = sum(len(v[2]) for v in reviewed.values())

@@ -4,11 +4,14 @@ records its ``source``, "pseudo" or "reviewed"."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from wsis.coco import annotation, rle_decode, write_instances
 from wsis.io import read_json, write_json
 from wsis.review.confidence import match_instances
+from wsis.review.formats import read_store
 
 from ..engine import METRICS, Job
 from .export import EXPORT_FILE
@@ -17,10 +20,15 @@ REVIEW_STORE = "review/reviewed.json"   # under the work dir; written by `wsis r
 MERGED_FILE = "train.json"
 
 
+def check_store(work_dir: Path) -> None:
+    """A review store that no longer parses stops the run (one line) before anything is cleared."""
+    read_store(work_dir / REVIEW_STORE)
+
+
 def run(job: Job) -> None:
     pseudo = read_json(job.inputs["export"] / EXPORT_FILE)
     store_path = job.out_dir.parent / REVIEW_STORE
-    reviewed = read_json(store_path)["images"] if store_path.is_file() else {}
+    reviewed = read_store(store_path)["images"]
     by_image: dict[int, list[dict]] = {}
     for a in pseudo["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)

@@ -19,7 +19,6 @@ file gives it (none = the reviewer removed all).
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import zipfile
@@ -30,7 +29,7 @@ import numpy as np
 
 from wsis.coco import categories, rle_decode, rle_encode
 from wsis.errors import DataError
-from wsis.io import atomic_path, read_json, write_bytes, write_json
+from wsis.io import atomic_path, read_json, read_json_or_none, write_bytes, write_json
 from wsis.predict import PALETTE
 
 from .polygons import check_polygon, mask_to_polygons, polygons_to_mask
@@ -39,6 +38,8 @@ FORMATS = ("cvat", "labelstudio", "coco")
 LS_FROM, LS_TO = "label", "image"
 LS_REGION = re.compile(r"^wsis(\d+)_\d+$")   # our region ids: wsis<instance>_<part>
 LS_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
+CVAT_MEMBER = "annotations/instances_default.json"
+DEFAULT_MAX_MEMBER_MB = 256.0    # review.max_member_mb when the config has no such key
 
 
 # ------------------------------------------------------------------------------ export
@@ -123,7 +124,7 @@ def export_review(items: list[dict], class_names, fmt: str, out: Path, image_url
         doc = coco_document(items, class_names, polygons=True)
         with atomic_path(out) as tmp:
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-                z.writestr("annotations/instances_default.json", json.dumps(doc))
+                z.writestr(CVAT_MEMBER, json.dumps(doc))
                 for item in items:
                     z.write(item["path"], f"images/{item['file_name']}")
         return [out]
@@ -162,6 +163,30 @@ class ImageIndex:
         return None
 
 
+def objects(value, where: str, what: str) -> list[dict]:
+    """``value`` as a list of JSON objects, or a one-line error naming ``where`` and the entry."""
+    if not isinstance(value, list):
+        raise DataError(f"{where}: {what} must be a list, got {type(value).__name__}")
+    for k, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: {what} #{k} must be an object, got {short(item)}")
+    return value
+
+
+def short(value) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, list, dict, type(None))) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def is_id(value) -> bool:
+    """COCO ids are numbers or strings (a list or an object cannot key anything)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _decode_segmentation(seg, h: int, w: int, where: str) -> np.ndarray:
     from pycocotools import mask as mask_utils
     if isinstance(seg, list):
@@ -171,8 +196,8 @@ def _decode_segmentation(seg, h: int, w: int, where: str) -> np.ndarray:
                 raise DataError(f"{where}: invalid polygon ({problem})")
         return polygons_to_mask(seg, h, w)
     if isinstance(seg, dict) and "counts" in seg and "size" in seg:
-        if list(seg["size"]) != [h, w]:
-            raise DataError(f"{where}: mask size {seg['size']} is not the image's {[h, w]}")
+        if not isinstance(seg["size"], list) or seg["size"] != [h, w]:
+            raise DataError(f"{where}: mask size {short(seg['size'])} is not the image's {[h, w]}")
         try:
             rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
             return rle_decode(rle)
@@ -181,37 +206,53 @@ def _decode_segmentation(seg, h: int, w: int, where: str) -> np.ndarray:
     raise DataError(f"{where}: segmentation is neither polygons nor an RLE mask")
 
 
-def _image_entry(index: ImageIndex, name: str, size, where: str) -> tuple[str, int, int]:
-    image_id = index.resolve(str(name))
+def _image_entry(index: ImageIndex, name, size, where: str) -> tuple[str, int, int]:
+    if not isinstance(name, str) or not name:
+        raise DataError(f"{where}: file name must be a non-empty string, got {short(name)}")
+    image_id = index.resolve(name)
     if image_id is None:
         raise DataError(f"{where}: unknown image '{name}' (not an image of the infer split)")
     from PIL import Image
     with Image.open(index.dataset.image_path(image_id)) as im:
         w, h = im.size
-    if size is not None and (int(size[0]), int(size[1])) != (w, h):
+    if size is not None and (size[0], size[1]) != (w, h):
         raise DataError(f"{where}: image '{name}' is {size[0]}x{size[1]} in the file but {w}x{h} on disk")
     return image_id, h, w
 
 
 def _read_coco(doc: dict, path: Path, index: ImageIndex, class_names) -> dict[str, tuple]:
     cats = {}
-    for c in doc.get("categories", []):
+    for k, c in enumerate(objects(doc.get("categories", []), str(path), "categories")):
+        if not is_id(c.get("id")):
+            raise DataError(f"{path}: category #{k} ({short(c.get('name'))}): id must be a number or string, "
+                            f"got {short(c.get('id'))}")
         if c.get("name") not in class_names:
             raise DataError(f"{path}: category {c.get('id')}: unknown category '{c.get('name')}' "
                             f"(classes: {', '.join(class_names)})")
         cats[c["id"]] = class_names.index(c["name"])
     images = {}
-    for im in doc["images"]:
-        where = f"{path}: image {im.get('id')}"
-        images[im["id"]] = _image_entry(index, im.get("file_name", ""),
-                                        (im["width"], im["height"]) if "width" in im else None, where)
+    for k, im in enumerate(objects(doc["images"], str(path), "images")):
+        if not is_id(im.get("id")):
+            raise DataError(f"{path}: image #{k} ({short(im.get('file_name'))}): id must be a number or string, "
+                            f"got {short(im.get('id'))}")
+        where = f"{path}: image {im['id']}"
+        if im["id"] in images:
+            raise DataError(f"{where}: the id is given twice")
+        given = [key for key in ("width", "height") if key in im]
+        if len(given) == 1:
+            raise DataError(f"{where}: has {given[0]} but not {'height' if given[0] == 'width' else 'width'}")
+        if given and not (positive_int(im["width"]) and positive_int(im["height"])):
+            raise DataError(f"{where}: width and height must be positive whole numbers, "
+                            f"got {short(im['width'])} x {short(im['height'])}")
+        images[im["id"]] = _image_entry(index, im.get("file_name"), (im["width"], im["height"]) if given else None,
+                                        where)
     reviewed = {image_id: (h, w, []) for image_id, h, w in images.values()}
-    for a in doc.get("annotations", []):
-        where = f"{path}: annotation {a.get('id')}"
-        if a.get("image_id") not in images:
-            raise DataError(f"{where}: unknown image_id {a.get('image_id')}")
-        if a.get("category_id") not in cats:
-            raise DataError(f"{where}: unknown category_id {a.get('category_id')}")
+    for k, a in enumerate(objects(doc.get("annotations", []), str(path), "annotations")):
+        where = f"{path}: annotation {a['id'] if is_id(a.get('id')) else f'#{k}'}"
+        if not is_id(a.get("image_id")) or a["image_id"] not in images:
+            raise DataError(f"{where}: unknown image_id {short(a.get('image_id'))}")
+        if not is_id(a.get("category_id")) or a["category_id"] not in cats:
+            raise DataError(f"{where}: unknown category_id {short(a.get('category_id'))}")
         image_id, h, w = images[a["image_id"]]
         mask = _decode_segmentation(a.get("segmentation"), h, w, where)
         if mask.any():
@@ -219,28 +260,34 @@ def _read_coco(doc: dict, path: Path, index: ImageIndex, class_names) -> dict[st
     return reviewed
 
 
-def _latest_annotation(task: dict) -> dict | None:
-    done = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+def _latest_annotation(task: dict, where: str) -> dict | None:
+    done = [a for a in objects(task.get("annotations", []), where, "annotations") if not a.get("was_cancelled")]
     return done[-1] if done else None
 
 
 def _read_labelstudio(tasks: list, path: Path, index: ImageIndex, class_names) -> dict[str, tuple]:
     reviewed = {}
-    for t, task in enumerate(tasks):
-        where_task = f"{path}: task {task.get('id', t)}"
-        ann = _latest_annotation(task)
+    for t, task in enumerate(objects(tasks, str(path), "task")):
+        where_task = f"{path}: task {task['id'] if is_id(task.get('id')) else t}"
+        ann = _latest_annotation(task, where_task)
         if ann is None:
             continue       # not reviewed yet: keeps its pseudo-labels
-        image_id, h, w = _image_entry(index, task.get("data", {}).get("image", ""), None, where_task)
+        data = task.get("data", {})
+        if not isinstance(data, dict):
+            raise DataError(f"{where_task}: data must be an object, got {short(data)}")
+        image_id, h, w = _image_entry(index, data.get("image"), None, where_task)
         groups: dict[str, list] = {}
-        for r, region in enumerate(ann.get("result", [])):
+        for r, region in enumerate(objects(ann.get("result", []), where_task, "result")):
             if region.get("type") != "polygonlabels":
                 continue
-            where = f"{where_task} region {region.get('id', r)}"
+            where = f"{where_task} region {region['id'] if is_id(region.get('id')) else r}"
             value = region.get("value", {})
+            if not isinstance(value, dict):
+                raise DataError(f"{where}: value must be an object, got {short(value)}")
             labels = value.get("polygonlabels") or [None]
-            if labels[0] not in class_names:
-                raise DataError(f"{where}: unknown category '{labels[0]}' (classes: {', '.join(class_names)})")
+            if not isinstance(labels, list) or not isinstance(labels[0], str) or labels[0] not in class_names:
+                raise DataError(f"{where}: unknown category {short(labels[0] if isinstance(labels, list) else labels)} "
+                                f"(classes: {', '.join(class_names)})")
             try:
                 xy = np.asarray(value.get("points"), np.float64).reshape(-1, 2)
             except (TypeError, ValueError):
@@ -257,17 +304,22 @@ def _read_labelstudio(tasks: list, path: Path, index: ImageIndex, class_names) -
     return reviewed
 
 
-def read_review(path: Path, dataset, ids) -> dict[str, tuple[int, int, list]]:
-    """{image id: (height, width, [(mask, class index)])} of a reviewed file."""
+def read_review(path: Path, dataset, ids, max_member_mb: float = DEFAULT_MAX_MEMBER_MB) -> dict[str, tuple]:
+    """{image id: (height, width, [(mask, class index)])} of a reviewed file; every entry is
+    checked here, before anything is stored."""
     path = Path(path)
     try:
-        doc = zip_document(path) if path.suffix == ".zip" else read_json(path)
+        doc = zip_document(path, max_member_mb) if path.suffix == ".zip" else read_json(path)
     except (zipfile.BadZipFile, KeyError) as e:
         raise DataError(f"{path}: not a CVAT COCO 1.0 zip ({e})") from None
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a directory, not a review file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not JSON ({e})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply") from None
     index = ImageIndex(dataset, ids)
     names = list(dataset.class_names)
     if isinstance(doc, dict) and "images" in doc:
@@ -277,20 +329,56 @@ def read_review(path: Path, dataset, ids) -> dict[str, tuple[int, int, list]]:
     raise DataError(f"{path}: neither a COCO instances file nor a Label Studio JSON export")
 
 
+def backup_path(store: Path) -> Path:
+    return Path(store).with_name(Path(store).stem + ".previous.json")
+
+
+def read_store(store: Path) -> dict:
+    """The stored reviews ({"images": {...}}; empty when there is no store yet). A store that
+    does not parse stops with one line naming the backup of the last good one: it holds the
+    only copy of human work, so it is never overwritten or ignored."""
+    store = Path(store)
+    if not store.is_file():
+        return {"images": {}}
+    doc = read_json_or_none(store)
+    if not (isinstance(doc, dict) and isinstance(doc.get("images"), dict)):
+        backup = backup_path(store)
+        fix = (f"the last good one is {backup}: copy it back (cp {backup} {store}) and import again what came after"
+               if backup.is_file() else "no backup of it exists")
+        raise DataError(f"{store}: the stored reviews are truncated or not wsis's review store; {fix}")
+    return doc
+
+
 def store_review(reviewed: dict[str, tuple], store: Path, source: Path) -> dict:
     """Add ``reviewed`` to the store file (an image reviewed again replaces its earlier entry);
     returns the stored document: {"images": {id: {"height", "width", "source",
-    "instances": [{"class", "segmentation" (RLE)}]}}}."""
-    doc = read_json(store) if Path(store).is_file() else {"images": {}}
+    "instances": [{"class", "segmentation" (RLE)}]}}}. All or nothing: the store is replaced
+    atomically, after the store it replaces is kept as the backup (``backup_path``)."""
+    store = Path(store)
+    doc = read_store(store)
     for image_id, (h, w, instances) in reviewed.items():
         doc["images"][image_id] = {"height": h, "width": w, "source": str(source),
                                    "instances": [{"class": int(c), "segmentation": rle_encode(m)}
                                                  for m, c in instances]}
+    if store.is_file():
+        write_bytes(backup_path(store), store.read_bytes())
     write_json(store, doc)
     return doc
 
 
-def zip_document(path: Path) -> dict:
-    """The COCO document inside a CVAT zip (for tests and re-import of a zip)."""
+def zip_document(path: Path, max_member_mb: float = DEFAULT_MAX_MEMBER_MB) -> dict:
+    """The COCO document inside a CVAT zip. Its member is read only up to ``max_member_mb``
+    (``review.max_member_mb``): a small zip can inflate to gigabytes, and neither the size it
+    declares nor the compression ratio can be trusted, so the limit holds while inflating."""
+    limit = int(max_member_mb * 2**20)
     with zipfile.ZipFile(path) as z:
-        return json.load(io.BytesIO(z.read("annotations/instances_default.json")))
+        info = z.getinfo(CVAT_MEMBER)
+        too_big = DataError(f"{path}: {CVAT_MEMBER} inflates to more than {max_member_mb:g} MiB "
+                            f"(review.max_member_mb); raise the limit if the file is genuine")
+        if info.file_size > limit:
+            raise too_big
+        with z.open(info) as member:
+            data = member.read(limit + 1)
+        if len(data) > limit:
+            raise too_big
+    return json.loads(data)
