@@ -366,7 +366,8 @@ class Pipeline:
 
     def _check_images(self, todo: list[Stage]) -> None:
         """Decode every image the run will read once (cached by size and mtime), so a missing
-        or corrupt file stops the run before any stage output is cleared or written."""
+        or corrupt file, or one whose size is not the size its annotation file gives it (its
+        masks would be misplaced), stops the run before any stage output is cleared or written."""
         ids = list(dict.fromkeys(i for s in todo if s.reads_images for i in self.stage_ids(s)))
         cache_path = self.work_dir / ".checked_images.json"
         cache = read_json_or_none(cache_path)
@@ -379,14 +380,20 @@ class Pipeline:
                 st = p.stat()
             except FileNotFoundError:
                 raise WsisError(f"{p}: image is listed but missing") from None
-            key = f"{st.st_size}:{st.st_mtime_ns}"
+            declared = self.dataset.declared_size(i)
+            key = f"{st.st_size}:{st.st_mtime_ns}" + (f":{declared[0]}x{declared[1]}" if declared else "")
             if cache.get(str(p)) != key:
-                unchecked.append((str(p), key))
+                unchecked.append((i, str(p), key))
         if not unchecked:
             return
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for (path, key), _ in zip(unchecked, pool.map(lambda pk: read_rgb(pk[0]).shape, unchecked)):
+            for (i, path, key), shape in zip(unchecked, pool.map(lambda u: read_rgb(u[1]).shape, unchecked)):
+                declared = self.dataset.declared_size(i)
+                if declared and tuple(declared) != shape[:2]:
+                    raise WsisError(f"{path}: {shape[1]}x{shape[0]} as displayed (EXIF orientation applied), but its "
+                                    f"annotations give {declared[1]}x{declared[0]} (width x height); its masks would "
+                                    f"be misplaced: fix height and width in the annotation file")
                 cache[path] = key
         write_json(cache_path, cache)
 

@@ -62,6 +62,11 @@ class Dataset:
         """(H, W) of the image as displayed: the size of every per-pixel output."""
         return read_image_size(self.image_path(image_id))
 
+    def declared_size(self, image_id: str) -> tuple[int, int] | None:
+        """(H, W) that the annotation file gives the image, the size its masks are drawn at;
+        None when the dataset gives none (the image's own size is used)."""
+        return None
+
     # COCO numbering of exported files. A COCO dataset keeps its own ids; the others number
     # images 1..N in list order and categories 1..C in class order.
     def coco_categories(self) -> list[dict]:

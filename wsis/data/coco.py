@@ -33,6 +33,9 @@ class COCODataset(Dataset):
     def coco_image_id(self, image_id: str, position: int) -> int:
         return self.image_ids[image_id]
 
+    def declared_size(self, image_id: str) -> tuple[int, int]:
+        return self.sizes[image_id]
+
     def instance_gt(self, image_id: str) -> InstanceGT:
         from pycocotools import mask as mask_utils
         h, w = self.sizes[image_id]
@@ -65,6 +68,10 @@ def _ann_to_mask(ann: dict, h: int, w: int, mask_utils) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _entry_fields(path: Path, kind: str, number: int, entry, fields: tuple[str, ...]) -> None:
     """One line naming the entry when a required field is missing."""
     if not isinstance(entry, dict):
@@ -75,6 +82,32 @@ def _entry_fields(path: Path, kind: str, number: int, entry, fields: tuple[str, 
             raise DataError(f"{path}: {label} has no '{f}'")
         if f in ("id", "height", "width") and not (isinstance(entry[f], int) and not isinstance(entry[f], bool)):
             raise DataError(f"{path}: {label} has a non-integer '{f}' ({entry[f]!r})")
+        if f in ("height", "width") and entry[f] < 1:
+            raise DataError(f"{path}: {label} has '{f}' {entry[f]} (must be at least 1)")
+        if f in ("file_name", "name") and not (isinstance(entry[f], str) and entry[f].strip()):
+            raise DataError(f"{path}: {label} has '{f}' {entry[f]!r} (must be a non-empty string)")
+
+
+def segmentation_problem(seg, height: int, width: int) -> str | None:
+    """Why an annotation's ``segmentation`` cannot be decoded on its (height, width) image,
+    or None: polygons need an even number of at least 6 finite coordinates; an RLE mask (a
+    ``counts`` list or string) needs the image's ``size``."""
+    from ..review.polygons import check_polygon
+    if isinstance(seg, list):
+        if not seg:
+            return "an empty polygon list"
+        for k, ring in enumerate(seg):
+            problem = check_polygon(ring)
+            if problem:
+                return f"polygon {k}: {problem}"
+        return None
+    if isinstance(seg, dict) and "counts" in seg:
+        if seg.get("size") != [height, width]:
+            return f"RLE size {seg.get('size')!r} is not the image's [height, width] [{height}, {width}]"
+        if not isinstance(seg["counts"], (str, list)):
+            return "RLE counts must be a string or a list of numbers"
+        return None
+    return "segmentation is neither polygons nor an RLE mask"
 
 
 def read_categories(path: Path, cats: list) -> list[dict]:
@@ -105,7 +138,11 @@ def open_coco(root: Path, annotations: Path, class_names: list[str]) -> COCOData
         images, anns, cats = data["images"], data.get("annotations", []), data["categories"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise DataError(f"{annotations}: not a COCO instances file ({type(e).__name__}: {e})") from None
+    except RecursionError:
+        raise DataError(f"{annotations}: not a COCO instances file (JSON nested too deeply)") from None
     cats = read_categories(annotations, cats)
+    if not cats:
+        raise DataError(f"{annotations}: 'categories' is empty; a COCO file names the classes of its annotations there")
     names = [c["name"] for c in cats]
     if class_names and list(class_names) != names:
         unknown = sorted(set(names) - set(class_names))
@@ -117,20 +154,26 @@ def open_coco(root: Path, annotations: Path, class_names: list[str]) -> COCOData
     if not isinstance(images, list) or not isinstance(anns, list):
         raise DataError(f"{annotations}: 'images' and 'annotations' must be lists")
     by_image: dict[int, list[dict]] = {}
+    images_by_id: dict[int, dict] = {}
     for k, im in enumerate(images, start=1):
         _entry_fields(annotations, "image", k, im, ("id", "file_name", "height", "width"))
         if im["id"] in by_image:
             raise DataError(f"{annotations}: image id {im['id']} is listed twice")
         by_image[im["id"]] = []
+        images_by_id[im["id"]] = im
     for k, a in enumerate(anns, start=1):
         if not isinstance(a, dict):
             raise DataError(f"{annotations}: annotation #{k} is not an object")
-        if a.get("image_id") not in by_image:
+        if not is_int(a.get("image_id")) or a["image_id"] not in by_image:
             raise DataError(f"{annotations}: annotation {a.get('id')} refers to unknown image {a.get('image_id')}")
-        if a.get("category_id") not in cat_index:
+        if not is_int(a.get("category_id")) or a["category_id"] not in cat_index:
             raise DataError(f"{annotations}: annotation {a.get('id')} has unknown category id {a.get('category_id')}")
         if "segmentation" not in a:
             raise DataError(f"{annotations}: annotation {a.get('id')} has no 'segmentation'")
+        im = images_by_id[a["image_id"]]
+        problem = segmentation_problem(a["segmentation"], im["height"], im["width"])
+        if problem:
+            raise DataError(f"{annotations}: annotation {a.get('id')} (image {a['image_id']}): {problem}")
         by_image[a["image_id"]].append(a)
     ds = COCODataset("coco", root, tuple(names), {}, {}, has_masks=True)
     ds.files, ds.anns, ds.sizes, ds.cat_index, ds.image_ids = {}, {}, {}, cat_index, {}
