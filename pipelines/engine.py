@@ -331,6 +331,8 @@ class Pipeline:
                     config_text = dumps_toml(self.cfg).encode()
                     config_path = self.work_dir / "config.toml"
                     if not config_path.is_file() or config_path.read_bytes() != config_text:
+                        if config_path.is_file() and not is_toml(config_path):
+                            say(f"{config_path}: not a readable config (damaged?); rewritten with this run's")
                         write_bytes(config_path, config_text)
                     for stage in todo:
                         self._execute(stage, runner)
@@ -388,7 +390,7 @@ class Pipeline:
             return
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for (i, path, key), shape in zip(unchecked, pool.map(lambda u: read_rgb(u[1]).shape, unchecked)):
+            for (i, path, key), shape in zip(unchecked, pool.map(lambda u: read_rgb(u[1], 0, self.dataset.max_pixels).shape, unchecked)):
                 declared = self.dataset.declared_size(i)
                 if declared and tuple(declared) != shape[:2]:
                     raise WsisError(f"{path}: {shape[1]}x{shape[0]} as displayed (EXIF orientation applied), but its "
@@ -495,6 +497,15 @@ class Pipeline:
         return [(stage.result_file[0], self.out_dir(stage) / stage.result_file[1])
                 for stage in self.stages.values()
                 if stage.result_file and self.state(stage).status == "done"]
+
+
+def is_toml(path: Path) -> bool:
+    import tomllib
+    try:
+        tomllib.loads(path.read_text())
+        return True
+    except (OSError, ValueError):     # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        return False
 
 
 def record_outputs(out: Path, per_image_names: set[str]) -> dict:

@@ -4,7 +4,7 @@ the cache untouched, checked before any stage output is cleared."""
 import os
 import shutil
 
-from conftest import snapshot, tiny_args, wsis
+from conftest import TINY as TINY_CONFIG, snapshot, tiny_args, wsis
 from test_faults import one_line_error
 
 # each with make_cam.scales=[1.0]: a valid change that would clear make_cam if the bad value
@@ -58,3 +58,89 @@ def test_11_a_config_file_that_is_not_toml(tiny_data, tiny_run, tmp_path):
     one_line_error(wsis("run", *tiny_args(tiny_data, work), "--config", depth, check=False),
                    "backbone.depth = 19: must be one of")
     assert snapshot(work) == before
+
+
+# ------------------------------------------------------------------ issue 21, point 4
+
+def png_declaring(path, width, height):
+    """A small valid PNG whose header is patched to declare ``width`` x ``height`` pixels."""
+    import io
+    import struct
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data[12:29]                     # chunk type + 13 bytes of data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_21_4_a_decompression_bomb_is_one_line_naming_the_pixel_count(tmp_path):
+    import json
+
+    from PIL import Image
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (32, 24), (200, 10, 10)).save(images / f"{name}.png")
+    bomb = png_declaring(images / "bomb.png", 20000, 10000)
+    (tmp_path / "labels.csv").write_text("a.png,cat\nb.png,dog\nbomb.png,cat\n")
+    common = ("--config", TINY_CONFIG, "--device", "cpu", "--stage", "train_cam")
+    proc = wsis("run", "--dataset", "folder", "--data-root", images, "--labels", tmp_path / "labels.csv",
+                "--work-dir", tmp_path / "w1", *common, check=False)
+    one_line_error(proc, f"{bomb}: 20000x10000 = 200000000 pixels, over data.max_pixels = 89478485")
+    coco = {"images": [{"id": k, "file_name": f"{n}.png", "height": h, "width": w}
+                       for k, (n, h, w) in enumerate([("a", 24, 32), ("b", 24, 32), ("bomb", 10000, 20000)])],
+            "annotations": [{"id": 1, "image_id": 0, "category_id": 1, "segmentation": [[1, 1, 9, 1, 9, 9]]}],
+            "categories": [{"id": 1, "name": "cat"}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    proc = wsis("run", "--dataset", "coco", "--data-root", images, "--annotations", tmp_path / "coco.json",
+                "--work-dir", tmp_path / "w2", *common, check=False)
+    one_line_error(proc, f"{bomb}: 20000x10000 = 200000000 pixels, over data.max_pixels")
+    # a higher data.max_pixels lets a large image through to decoding (where this one, 8x8
+    # pixels of data under a patched header, is found truncated)
+    import pytest
+
+    from wsis.errors import DataError
+    from wsis.io import read_image_size
+    with pytest.raises(DataError, match="corrupt image"):
+        read_image_size(bomb, max_pixels=200_000_000)
+
+
+def test_21_4_work_dir_and_out_that_are_files(tiny_data, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("not a directory")
+    one_line_error(wsis("status", *tiny_args(tiny_data, a_file), check=False),
+                   f"--work-dir {a_file}: is a file, not a directory")
+    one_line_error(wsis("run", *tiny_args(tiny_data, a_file / "sub"), check=False),
+                   f"--work-dir {a_file / 'sub'}: is below {a_file}, which is a file")
+    assert a_file.read_text() == "not a directory"
+    from PIL import Image
+    Image.new("RGB", (32, 24)).save(tmp_path / "a.png")
+    (tmp_path / "model.pt").write_bytes(b"")
+    one_line_error(wsis("predict", "--checkpoint", tmp_path / "model.pt", tmp_path / "a.png", "--out", a_file,
+                        "--device", "cpu", check=False), f"--out {a_file}: is a file, not a directory")
+
+
+def test_21_4_a_truncated_run_json_or_garbage_config_toml(tiny_data, tiny_run, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(tiny_run, work, copy_function=os.link)
+    run_json = work / "run.json"
+    text = run_json.read_text()
+    run_json.unlink()
+    run_json.write_text(text[:len(text) // 2])               # treated as missing, like a truncated manifest
+    status = wsis("status", *tiny_args(tiny_data, work))
+    assert "Traceback" not in status.stderr and "train_cam    done" in status.stdout
+    (work / "config.toml").unlink()
+    (work / "config.toml").write_bytes(b"\x00\xff garbage = = \n")
+    proc = wsis("run", "--stage", "make_cam", "--set", "make_cam.scales=[1.0]", *tiny_args(tiny_data, work))
+    notes = [line for line in proc.stderr.splitlines() if "config.toml" in line]
+    assert notes == [f"{work / 'config.toml'}: not a readable config (damaged?); rewritten with this run's"], proc.stderr
+    assert "scales = [1.0]" in (work / "config.toml").read_text()
+    assert run_json.read_text() == text                        # rewritten whole by the run

@@ -79,6 +79,14 @@ def user_errors(f):
     return wrapper
 
 
+def check_directory(path: Path, option: str) -> None:
+    """``path`` can be a directory: neither it nor a directory above it is a file."""
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            where = "is a file" if p == path else f"is below {p}, which is a file"
+            raise ConfigError(f"{option} {path}: {where}, not a directory")
+
+
 class Session:
     """The resolved config, dataset and work dir of one command."""
 
@@ -92,6 +100,7 @@ class Session:
         self.annotations = annotations or labels
         self.data_root = Path(data_root) if data_root else Path(self.cfg["data"]["root"])
         self.work_dir = Path(work_dir) if work_dir else Path("runs") / dataset
+        check_directory(self.work_dir, "--work-dir")
         self.device_request = device
 
     def open_dataset(self):
@@ -109,11 +118,11 @@ class Session:
     def check_work_dir(self, record: bool):
         """A work dir holds one dataset's cache; refuse to mix another into it. ``record``
         writes this run's identity into a new work dir."""
-        from .io import read_json, write_json
+        from .io import read_json_or_none, write_json
         path = self.work_dir / "run.json"
         identity = {"dataset": self.kind, "data_root": str(self.data_root.resolve())}
-        if path.is_file():
-            old = read_json(path)
+        old = read_json_or_none(path)    # a truncated or unreadable run.json counts as missing
+        if isinstance(old, dict):
             for key in identity:
                 if old.get(key) != identity[key]:
                     raise ConfigError(f"{path}: this work dir caches {key} '{old.get(key)}', not "
@@ -281,6 +290,7 @@ def predict(checkpoint, images, coco_json, image_dir, out, score_threshold, devi
         inputs, file_categories = gather_images(list(images)), None
     if not Path(checkpoint).is_file():
         raise ConfigError(f"{checkpoint}: checkpoint not found")
+    check_directory(out, "--out")
     results, predictions = predict_images(checkpoint, inputs, out, score_threshold, resolve_device(device),
                                           file_categories, coco_json)
     click.echo(f"results (COCO loadRes list): {results}")

@@ -38,7 +38,7 @@ def image_entries(dataset, ids) -> list[dict]:
     entries = []
     for k, image_id in enumerate(ids):
         path = dataset.image_path(image_id)
-        h, w = read_image_size(path)
+        h, w = read_image_size(path, dataset.max_pixels)
         entries.append({"id": dataset.coco_image_id(image_id, k), "file_name": path.relative_to(dataset.image_dir).as_posix(),
                         "height": h, "width": w, "wsis_id": image_id})
     return entries

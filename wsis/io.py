@@ -136,12 +136,31 @@ def read_label_png(path) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: label image is missing")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             if img.mode not in ("P", "L"):
                 raise DataError(f"{path}: expected a palette or greyscale label PNG, got mode {img.mode}")
             return np.array(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"{path}: cannot read label image ({e})") from None
+
+
+# PIL's own limit, which it enforces with a warning above it and an exception at twice it; wsis
+# enforces ``data.max_pixels`` (default: the same) itself in ``open_image``, with a one-line error
+# naming the file, so PIL's check is off. Every image wsis reads is opened by ``open_image``.
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+Image.MAX_IMAGE_PIXELS = None
+
+
+@contextmanager
+def open_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+    """``Image.open`` (header only) refusing an image of more than ``max_pixels`` pixels before
+    it is decoded: a small PNG can declare 20000 x 10000 pixels and take gigabytes to decode."""
+    with Image.open(path) as img:
+        if max_pixels and img.width * img.height > max_pixels:
+            raise DataError(f"{path}: {img.width}x{img.height} = {img.width * img.height} pixels, over "
+                            f"data.max_pixels = {max_pixels} (a decompression bomb? raise data.max_pixels "
+                            f"if the image is genuine)")
+        yield img
 
 
 EXIF_ORIENTATION = 0x0112
@@ -156,11 +175,11 @@ def processing_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def read_image_size(path) -> tuple[int, int]:
+def read_image_size(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(height, width) as displayed, i.e. after the EXIF orientation, from the header only."""
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with open_image(path, max_pixels) as img:
             w, h = img.size
             orientation = img.getexif().get(EXIF_ORIENTATION, 1)
     except FileNotFoundError:
@@ -185,16 +204,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_rgb(path, max_side: int = 0) -> np.ndarray:
+def read_rgb(path, max_side: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image fully as HxWx3 uint8, with a one-line error naming the file.
 
     The EXIF orientation is applied (as every viewer does), so masks line up with the image the
-    user sees. ``max_side`` > 0 downscales (antialiased) so the long side is at most that."""
+    user sees. ``max_side`` > 0 downscales (antialiased) so the long side is at most that.
+    An image of more than ``max_pixels`` pixels is refused before decoding."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image is listed but missing")
     try:
-        with Image.open(path) as img:
+        with open_image(path, max_pixels) as img:
             if max_side > 0 and img.format == "JPEG":
                 # decode at a reduced DCT scale, still at least the target size: much faster
                 h, w = processing_size(img.height, img.width, max_side)

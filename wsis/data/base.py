@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..errors import DataError
-from ..io import read_image_size, read_rgb
+from ..io import DEFAULT_MAX_PIXELS, read_image_size, read_rgb
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Dataset:
     has_masks: bool = False
     notes: list[str] = field(default_factory=list)  # warnings to show the user
     max_side: int = 0      # data.max_side: images are processed with at most this long side (0: as they are)
+    max_pixels: int = DEFAULT_MAX_PIXELS   # data.max_pixels: larger images are refused before decoding
 
     @property
     def num_classes(self) -> int:
@@ -56,11 +57,11 @@ class Dataset:
 
     def load_image(self, image_id: str, original: bool = False) -> np.ndarray:
         """The image at its processing size (``data.max_side``), or at its own size."""
-        return read_rgb(self.image_path(image_id), 0 if original else self.max_side)
+        return read_rgb(self.image_path(image_id), 0 if original else self.max_side, self.max_pixels)
 
     def original_size(self, image_id: str) -> tuple[int, int]:
         """(H, W) of the image as displayed: the size of every per-pixel output."""
-        return read_image_size(self.image_path(image_id))
+        return read_image_size(self.image_path(image_id), self.max_pixels)
 
     def declared_size(self, image_id: str) -> tuple[int, int] | None:
         """(H, W) that the annotation file gives the image, the size its masks are drawn at;

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..io import DEFAULT_MAX_PIXELS
 from .base import Dataset
 
 DATASET_KINDS = ("synthetic", "voc2012", "coco", "folder")
@@ -19,6 +20,7 @@ def open_dataset(kind: str, cfg: dict, root: str | Path | None = None,
                  annotations: str | Path | None = None, progress=None) -> Dataset:
     dataset = _open(kind, cfg, root, annotations, progress)
     dataset.max_side = int(cfg["data"].get("max_side", 0))
+    dataset.max_pixels = int(cfg["data"].get("max_pixels", DEFAULT_MAX_PIXELS))
     return dataset
 
 

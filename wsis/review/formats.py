@@ -212,8 +212,8 @@ def _image_entry(index: ImageIndex, name, size, where: str) -> tuple[str, int, i
     image_id = index.resolve(name)
     if image_id is None:
         raise DataError(f"{where}: unknown image '{name}' (not an image of the infer split)")
-    from PIL import Image
-    with Image.open(index.dataset.image_path(image_id)) as im:
+    from wsis.io import open_image
+    with open_image(index.dataset.image_path(image_id), index.dataset.max_pixels) as im:
         w, h = im.size
     if size is not None and (size[0], size[1]) != (w, h):
         raise DataError(f"{where}: image '{name}' is {size[0]}x{size[1]} in the file but {w}x{h} on disk")
