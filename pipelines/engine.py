@@ -439,7 +439,7 @@ class Pipeline:
             name, why = next(iter(state.damaged.items()))
             say(f"{stage.name}: {len(state.damaged)} damaged output(s) ({name}: {why}); recomputing those images")
             for name in state.damaged:
-                (out / name).unlink(missing_ok=True)
+                remove_output(out / name)
         elif out.exists() and (man is None or man["fingerprint"] != fp or man["status"] == "done"):
             # stale, forced, damaged, or an unknown directory: start this stage afresh
             if state.status == "damaged":
@@ -499,6 +499,14 @@ class Pipeline:
                 if stage.result_file and self.state(stage).status == "done"]
 
 
+def remove_output(path: Path) -> None:
+    """Remove a damaged output, whatever took its place (a directory too)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def is_toml(path: Path) -> bool:
     import tomllib
     try:
@@ -533,7 +541,9 @@ def damaged_outputs(out: Path, recorded: dict, per_image_names: set[str]) -> dic
         except FileNotFoundError:
             damaged[name] = "missing"
             continue
-        if actual != size:
+        if path.is_dir():
+            damaged[name] = "a directory, not a file"
+        elif actual != size:
             damaged[name] = f"{actual} bytes, {size} recorded"
         elif digest is not None and quick_hash(path) != digest:
             damaged[name] = "content changed"

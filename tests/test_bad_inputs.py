@@ -144,3 +144,54 @@ def test_21_4_a_truncated_run_json_or_garbage_config_toml(tiny_data, tiny_run, t
     assert notes == [f"{work / 'config.toml'}: not a readable config (damaged?); rewritten with this run's"], proc.stderr
     assert "scales = [1.0]" in (work / "config.toml").read_text()
     assert run_json.read_text() == text                        # rewritten whole by the run
+
+
+# ------------------------------------------------------------------ issue 21, point 5
+
+RUNNABLE = [    # values the types allow but no run can use, each with make_cam.scales=[1.0] as in BAD_VALUES
+    ("train_cam.lr=inf", "train_cam.lr = inf: must be a finite number"),
+    ("train_cam.lr=nan", "train_cam.lr = nan: must be a finite number"),
+    ("make_cam.scales=[1.0, inf]", "make_cam.scales = [1.0, inf]: must be a finite number"),
+    ("random_walk.exp_times=60", "random_walk.exp_times = 60: must be in [0, 12]"),
+    ("ins_seg.exp_times=60", "ins_seg.exp_times = 60: must be in [-1, 12]"),
+    ("ins_seg.centroid_iterations=1000000000", "ins_seg.centroid_iterations = 1000000000: must be in [0, 5000]"),
+    ("random_walk.radius=1000", "random_walk.radius = 1000: must be in [1, 24]"),
+]
+
+
+def test_21_5_values_no_run_can_use_are_refused_before_anything_runs(tiny_data, tiny_run, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(tiny_run, work, copy_function=os.link)
+    before = snapshot(work)
+    for override, message in RUNNABLE:
+        proc = wsis("run", *tiny_args(tiny_data, work, "--set", "make_cam.scales=[1.0]", "--set", override),
+                    check=False)
+        one_line_error(proc, message)
+    assert snapshot(work) == before
+
+
+def test_21_5_workers_are_capped_at_the_cpus(tiny_data, tiny_run, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(tiny_run, work, copy_function=os.link)
+    proc = wsis("run", "--workers", "1000", *tiny_args(tiny_data, work))
+    cpus = os.cpu_count()
+    assert (f"wsis: note: 1000 workers asked for (--workers or run.workers), but this machine has {cpus} CPUs; "
+            f"using {cpus}") in proc.stderr
+    from pipelines.engine import DaskRunner
+    from wsis.cli import capped_workers
+    assert DaskRunner(None, capped_workers(1000), "cpu").local_workers() == cpus
+
+
+def test_21_5_a_per_image_output_replaced_by_a_directory(tiny_data, tiny_run, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(tiny_run, work, copy_function=os.link)
+    cam = work / "make_cam" / "train_00001.npz"
+    cam.unlink()
+    (cam / "inside").mkdir(parents=True)
+    status = wsis("status", *tiny_args(tiny_data, work)).stdout
+    assert "make_cam     damaged (train_00001.npz: a directory, not a file)" in status, status
+    proc = wsis("run", "--stage", "make_cam", *tiny_args(tiny_data, work))
+    assert "make_cam: computing 1 of 24 images (23 already done)" in proc.stderr
+    assert cam.is_file()
+    from test_faults import same_arrays
+    same_arrays(tiny_run / "make_cam" / cam.name, cam)

@@ -79,6 +79,18 @@ def user_errors(f):
     return wrapper
 
 
+def capped_workers(workers: int) -> int:
+    """Local Dask workers: at most one per CPU (each is a process with its own memory; more
+    only compete for the same cores), with a line when ``workers`` asked for more."""
+    import os
+    cpus = os.cpu_count() or 1
+    if workers > cpus:
+        click.echo(f"wsis: note: {workers} workers asked for (--workers or run.workers), but this machine has "
+                   f"{cpus} CPUs; using {cpus}", err=True)
+        return cpus
+    return workers
+
+
 def check_directory(path: Path, option: str) -> None:
     """``path`` can be a directory: neither it nor a directory above it is a file."""
     for p in (path, *path.parents):
@@ -143,7 +155,7 @@ class Session:
         self.check_work_dir(record)
         if record:
             self.check_eval_set(dataset)
-        workers = workers or self.cfg["run"]["workers"]
+        workers = capped_workers(workers or self.cfg["run"]["workers"])
         return Pipeline(STAGES, self.cfg, dataset, self.work_dir, self.device_request,
                         scheduler, workers)
 

@@ -11,6 +11,7 @@ Each rule is a function of the value that returns the problem as a short phrase,
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,6 +85,7 @@ def sam_checkpoint_choice(v: str) -> str | None:
 
 
 FRACTION = between(0.0, 1.0)
+MAX_EXP_TIMES = 12   # 2^12 = 4096 walk steps, 16x the paper's 256; 2^60 does not fit an array
 MOMENTUM = between(0.0, 1.0, high_open=True)
 OPTIMIZER = one_of("sgd", "adam")
 BACKBONE_INIT = one_of("pretrained", "cam")
@@ -112,7 +114,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "ir_label.fg_thres": (FRACTION,),
     "ir_label.bg_thres": (FRACTION,),
     "ir_label.gt_prob": (between(0.0, 1.0, high_open=True), above(0)),
-    "ir_label.iterations": (at_least(0),),
+    "ir_label.iterations": (between(0, 200),),      # mean-field iterations; 10 converge
     "ir_label.gauss_sxy": (above(0),),
     "ir_label.gauss_compat": (at_least(0),),
     "ir_label.bilateral_sxy": (above(0),),
@@ -128,17 +130,19 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "train_irn.momentum": (MOMENTUM,),
     "train_irn.crop_size": (at_least(16),),
     "train_irn.scale_range": (ordered_pair(above(0)),),
-    "train_irn.radius": (at_least(1),),
-    "random_walk.radius": (at_least(1),),
+    # the number of directions grows with radius^2 (152 at 10); beyond these ranges a run only
+    # exhausts memory or time, or overflows
+    "train_irn.radius": (between(1, 24),),
+    "random_walk.radius": (between(1, 24),),
     "random_walk.beta": (above(0),),
-    "random_walk.exp_times": (at_least(0),),
+    "random_walk.exp_times": (between(0, MAX_EXP_TIMES),),
     "sem_seg.bg_threshold": (FRACTION,),
     "ins_seg.bg_threshold": (FRACTION,),
-    "ins_seg.centroid_iterations": (at_least(0),),
+    "ins_seg.centroid_iterations": (between(0, 5000),),   # 300 in the reference
     "ins_seg.cluster_threshold": (above(0),),
     "ins_seg.min_area_fraction": (FRACTION,),
     "ins_seg.clustering": (one_of("weak_region", "endpoints"),),
-    "ins_seg.exp_times": (at_least(-1),),
+    "ins_seg.exp_times": (between(-1, MAX_EXP_TIMES),),
     "ins_seg.score": (one_of("peak", "mean"),),
     "sam.checkpoint": (sam_checkpoint_choice,),
     "sam.model_type": (one_of("", *SAM_MODEL_TYPES),),
@@ -249,14 +253,23 @@ def same_type(template: Any, value: Any) -> bool:
     return type(template) is type(value)
 
 
+def non_finite(value) -> bool:
+    """``value`` is, or a (nested) list holds, a NaN or an infinity: TOML writes them nan and inf."""
+    if isinstance(value, list):
+        return any(non_finite(v) for v in value)
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def validate(cfg: dict, types: dict) -> None:
     """Raise ConfigError naming the first key whose value breaks its type (from ``types``,
-    the base config), a rule of ``RULES`` or a cross check."""
+    the base config), is not finite, or breaks a rule of ``RULES`` or a cross check."""
     for section, table in types.items():
         for key, template in table.items():
             value = cfg.get(section, {}).get(key)
             if not isinstance(template, dict) and not same_type(template, value):
                 raise ConfigError(f"{section}.{key} = {value!r}: must be {type_name(template)}")
+            if non_finite(value):   # no key means "unbounded" by nan or inf
+                raise ConfigError(f"{section}.{key} = {value!r}: must be a finite number")
     for dotted, rules in RULES.items():
         section, key = dotted.split(".", 1)
         if key not in cfg.get(section, {}):
