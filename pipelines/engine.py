@@ -42,6 +42,13 @@ METRICS = "metrics.json"
 HASH_CACHE = ".file_hashes.json"
 
 
+def configured_file(value) -> Path | None:
+    """A config value that names an existing file, as a path (else None)."""
+    if isinstance(value, str) and value and Path(value).expanduser().is_file():
+        return Path(value).expanduser()
+    return None
+
+
 @dataclass
 class Job:
     """Everything a stage function needs; picklable, so per-image work can ship to Dask."""
@@ -95,6 +102,9 @@ class Stage:
     reads_images: bool = True     # its images are checked before the run starts
     ignores: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
+    # ("section.key" of ``files``, function of that config section giving the file the key
+    # stands for) where it is not the value itself (a name like "imagenet" that means a file)
+    file_resolvers: tuple[tuple[str, Callable], ...] = ()
     input_files: tuple[str, ...] = ()   # files under the work dir whose content it depends on
     # "module:function" of the work dir that raises WsisError when an input file of the stage
     # cannot be used: called before anything is cleared
@@ -237,9 +247,10 @@ class Pipeline:
             files = {}
             for dotted in stage.files:
                 section, key = dotted.split(".", 1)
-                value = self.cfg[section][key]
-                if isinstance(value, str) and value and Path(value).expanduser().is_file():
-                    files[dotted] = self.hashes.get(Path(value).expanduser())
+                resolve = dict(stage.file_resolvers).get(dotted)
+                path = resolve(self.cfg[section]) if resolve else configured_file(self.cfg[section][key])
+                if path is not None:
+                    files[dotted] = self.hashes.get(path)
             for name in stage.input_files:      # files of the work dir (a review import)
                 path = self.work_dir / name
                 files[name] = self.hashes.get(path) if path.is_file() else None

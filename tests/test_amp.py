@@ -50,7 +50,7 @@ def train_a_few_steps(tmp_path, model, x, loss_fn, amp, steps=3):
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_cam_net_trains_under_autocast(tmp_path, amp):
     torch.manual_seed(0)
-    model = CAMNet(3, depth=18, freeze_bn=True, frozen_stages=0)
+    model = CAMNet(ResNetStages(18, "none", freeze_bn=True, frozen_stages=0), 3)
     x = torch.rand(2, 3, 64, 64) * 255
     y = torch.tensor([[1.0, 0, 0], [0, 1, 1]])
     seen = train_a_few_steps(tmp_path, model, x, lambda logits: F.multilabel_soft_margin_loss(logits, y), amp)

@@ -62,7 +62,7 @@ def test_local_weights_file(tmp_path):
 
 def test_multiscale_cam_shapes_and_normalisation():
     torch.manual_seed(0)
-    model = CAMNet(5, depth=18, freeze_bn=True, frozen_stages=0).eval()
+    model = CAMNet(ResNetStages(18, "none", freeze_bn=True, frozen_stages=0), 5).eval()
     img = np.random.default_rng(0).integers(0, 255, (50, 70, 3), np.uint8)
     low, high = multiscale_cam(model, img, [4, 1], scales=(1.0, 0.5))
     assert low.shape == (2, 13, 18) and high.shape == (2, 50, 70)

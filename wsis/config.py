@@ -45,6 +45,27 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.toml") if p.stem != "base")
 
 
+def preset_layers(preset: str) -> list[tuple[str, dict]]:
+    """The preset's layers, base first: a preset may start with ``extends = "<other preset>"``
+    (the coco and folder presets extend ``photos``, the real-photo recipe), which is read
+    under it; ``extends`` itself is not a config key."""
+    layers: list[tuple[str, dict]] = []
+    name = preset
+    while True:
+        if not preset_path(name).is_file():
+            where = f" (extended by '{layers[0][0]}')" if layers else ""
+            raise ConfigError(f"unknown dataset preset '{name}'{where} (no {preset_path(name)}); "
+                              f"available: {', '.join(available_presets())}")
+        layer = read_toml(preset_path(name))
+        parent = layer.pop("extends", None)
+        layers.insert(0, (name, layer))
+        if parent is None:
+            return layers
+        if not isinstance(parent, str) or parent in [n for n, _ in layers]:
+            raise ConfigError(f"{preset_path(name)}: 'extends' must name another preset, not {parent!r}")
+        name = parent
+
+
 def read_toml(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -104,11 +125,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def load_config(preset: str, config_file: str | Path | None = None,
                 overrides: tuple[str, ...] | list[str] = ()) -> dict:
     base = read_toml(CONFIG_DIR / "base.toml")
-    if not preset_path(preset).is_file():
-        raise ConfigError(
-            f"unknown dataset preset '{preset}' (no {preset_path(preset)}); "
-            f"available: {', '.join(available_presets())}")
-    cfg = merge(base, read_toml(preset_path(preset)), str(preset_path(preset)))
+    cfg = base
+    for name, layer in preset_layers(preset):
+        cfg = merge(cfg, layer, str(preset_path(name)))
     if config_file is not None:
         cfg = merge(cfg, read_toml(Path(config_file)), str(config_file))
     for text in overrides:

@@ -20,6 +20,7 @@ from .errors import ConfigError
 Rule = Callable[[Any], "str | None"]
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
+BACKBONE_ARCHS = ("resnet", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # wsis.models.backbone.ARCHS
 FPN_LEVELS = 5   # SOLO: P2-P6, YOLACT: P3-P7 (wsis.models.solo.STRIDES, wsis.models.yolact)
 
 
@@ -92,6 +93,7 @@ BACKBONE_INIT = one_of("pretrained", "cam")
 
 # "section.key" -> rules (all must pass). Keys not listed get only the type check.
 RULES: dict[str, tuple[Rule, ...]] = {
+    "backbone.arch": (one_of(*BACKBONE_ARCHS),),
     "backbone.depth": (one_of(*RESNET_DEPTHS),),
     "backbone.weights": (weights_choice,),
     "backbone.frozen_stages": (between(0, 4),),

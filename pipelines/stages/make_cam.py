@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from wsis.io import write_npz
+from wsis.models.backbone import fold_frozen_batchnorm
 from wsis.models.cam import multiscale_cam
 
 from ..engine import Job
@@ -15,7 +16,8 @@ def process(job: Job, ids: list[str]) -> None:
     """Writes ``<id>.npz``: ``classes`` (K,), ``cam`` (K, ceil(H/4), ceil(W/4)) and
     ``high_res`` (K, H, W), float16, each channel max-normalised. H, W is the processing size
     (``data.max_side``): ir_label pairs it with the processing-size image; eval_cam resizes it."""
-    model = load_cached(job.inputs["train_cam"] / train_cam.MODEL_FILE, job.device, train_cam.load_trained)
+    model = load_cached(job.inputs["train_cam"] / train_cam.MODEL_FILE, job.device,
+                        lambda d, device: fold_frozen_batchnorm(train_cam.load_trained(d, device)))
     c = job.cfg["make_cam"]
     for image_id in ids:
         classes = job.dataset.labels[image_id]

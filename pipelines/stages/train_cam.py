@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsis.models.backbone import LOAD_LATER
+from wsis.models.backbone import LOAD_LATER, backbone_from_section
 from wsis.models.cam import CAMNet
 from wsis.checkpoint import load_checkpoint
 from wsis.transforms import cam_train_augment
@@ -18,14 +18,16 @@ MODEL_FILE = "model.pt"
 
 
 def build_model(num_classes: int, backbone: dict) -> CAMNet:
-    return CAMNet(num_classes, backbone["depth"], backbone["weights"], backbone["freeze_bn"],
-                  backbone["frozen_stages"])
+    return CAMNet(backbone_from_section(backbone), num_classes)
 
 
 def load_trained(model_dir, device: str) -> CAMNet:
+    """The trained CAM net; its checkpoint's ``arch`` names the backbone (``arch``, ``depth``;
+    files from before ``backbone.arch`` hold a ResNet)."""
     ckpt = load_checkpoint(model_dir / MODEL_FILE, device)
     arch = ckpt["arch"]
-    model = CAMNet(arch["num_classes"], arch["depth"], LOAD_LATER, freeze_bn=True, frozen_stages=0)
+    backbone = backbone_from_section(arch, LOAD_LATER, freeze_bn=True, frozen_stages=0)
+    model = CAMNet(backbone, arch["num_classes"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()
 
@@ -44,7 +46,7 @@ def run(job: Job) -> None:
         image_id = job.ids[index]
         rng = np.random.default_rng([c["seed"], epoch, int(index)])
         img = cam_train_augment(job.dataset.load_image(image_id), rng, tuple(c["resize_long"]),
-                                c["crop_size"], c["hflip"])
+                                c["crop_size"], c["hflip"], model.backbone.pad_colour)
         return (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
                 torch.from_numpy(job.dataset.label_vector(image_id)))
 
@@ -54,5 +56,5 @@ def run(job: Job) -> None:
     run_training(job, model, optimizer, epochs=c["epochs"], num_samples=len(job.ids),
                  batch_size=c["batch_size"], seed=c["seed"], make_sample=make_sample, collate=stack_samples,
                  forward=lambda net, batch: net(batch[0].float()), compute_loss=compute_loss)
-    finish_training(job, MODEL_FILE, arch={"num_classes": job.dataset.num_classes, "depth": b["depth"]},
+    finish_training(job, MODEL_FILE, arch={"num_classes": job.dataset.num_classes, **model.backbone.spec},
                     state_dict=model.state_dict(), class_names=list(job.dataset.class_names))

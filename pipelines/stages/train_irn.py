@@ -9,7 +9,7 @@ import torch
 
 from wsis.errors import ConfigError
 from wsis.io import read_label_png
-from wsis.models.backbone import LOAD_LATER, ResNetStages
+from wsis.models.backbone import LOAD_LATER, Backbone, backbone_from_section
 from wsis.models.irn import IRNet, irn_losses
 from wsis.checkpoint import load_checkpoint
 from wsis.transforms import irn_train_augment
@@ -22,7 +22,7 @@ from . import train_cam
 MODEL_FILE = "model.pt"
 
 
-def make_backbone(init: str, backbone_cfg: dict, cam_dir) -> ResNetStages:
+def make_backbone(init: str, backbone_cfg: dict, cam_dir) -> Backbone:
     """"pretrained": a fresh backbone with ``backbone.weights`` (ImageNet in the paper);
     "cam": the CAM classifier's trained backbone (for data with no pretrained weights)."""
     if init == "pretrained" and backbone_cfg["weights"] in ("", "none"):
@@ -31,7 +31,7 @@ def make_backbone(init: str, backbone_cfg: dict, cam_dir) -> ResNetStages:
               "(as train_irn.backbone_init = 'cam')", file=sys.stderr, flush=True)
         init = "cam"
     if init == "pretrained":
-        return ResNetStages(backbone_cfg["depth"], backbone_cfg["weights"], freeze_bn=True)
+        return backbone_from_section(backbone_cfg, freeze_bn=True, frozen_stages=0)
     if init == "cam":
         return train_cam.load_trained(cam_dir, "cpu").backbone
     raise ConfigError(f"train_irn.backbone_init: '{init}' is not 'pretrained' or 'cam'")
@@ -39,7 +39,8 @@ def make_backbone(init: str, backbone_cfg: dict, cam_dir) -> ResNetStages:
 
 def load_trained(model_dir, device: str) -> IRNet:
     ckpt = load_checkpoint(model_dir / MODEL_FILE, device)
-    model = IRNet(ResNetStages(ckpt["arch"]["depth"], LOAD_LATER, freeze_bn=True), ckpt["arch"].get("crop_size", 0))
+    backbone = backbone_from_section(ckpt["arch"], LOAD_LATER, freeze_bn=True, frozen_stages=0)
+    model = IRNet(backbone, ckpt["arch"].get("crop_size", 0))
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()
 
@@ -62,7 +63,8 @@ def run(job: Job) -> None:
         rng = np.random.default_rng([c["seed"], epoch, int(index)])
         img, lab = irn_train_augment(job.dataset.load_image(image_id),
                                      read_label_png(labels_dir / f"{image_id}.png"), rng,
-                                     tuple(c["scale_range"]), c["crop_size"], c["hflip"])
+                                     tuple(c["scale_range"]), c["crop_size"], c["hflip"],
+                                     fill=model.backbone.pad_colour)
         return (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
                 torch.from_numpy(np.ascontiguousarray(lab[::4, ::4])).long())  # stride-4 labels
 
@@ -75,7 +77,7 @@ def run(job: Job) -> None:
                  batch_size=c["batch_size"], seed=c["seed"], make_sample=make_sample,
                  collate=stack_samples, forward=lambda net, batch: net(batch[0].float()), compute_loss=compute_loss)
     model.mean_displacement.copy_(mean_displacement(model, job, job.dataset.ids(job.cfg["data"]["infer_split"])))
-    finish_training(job, MODEL_FILE, arch={"depth": job.cfg["backbone"]["depth"], "crop_size": c["crop_size"]},
+    finish_training(job, MODEL_FILE, arch={**model.backbone.spec, "crop_size": c["crop_size"]},
                     state_dict=model.state_dict())
 
 

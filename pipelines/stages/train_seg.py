@@ -55,7 +55,8 @@ def run(job: Job) -> None:
 
     def make_sample(index, epoch):
         rng = np.random.default_rng([s["seed"], epoch, int(index)])
-        canvas, target = data.sample(int(index), size, flip=s["hflip"] and rng.random() < 0.5)
+        canvas, target = data.sample(int(index), size, flip=s["hflip"] and rng.random() < 0.5,
+                                     fill=model.neck.body.pad_colour)
         return torch.from_numpy(canvas).permute(2, 0, 1), model.prepare_target(target, size)
 
     def collate(samples):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.instance_common import boxes_from_masks
-from ..transforms import letterbox
+from ..transforms import MEAN_RGB, letterbox
 
 
 class CocoInstances:
@@ -26,14 +26,15 @@ class CocoInstances:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def sample(self, index: int, size: int, flip: bool = False):
-        """A letterboxed training sample: (canvas uint8 (size, size, 3), target dict)."""
+    def sample(self, index: int, size: int, flip: bool = False, fill=MEAN_RGB):
+        """A letterboxed training sample: (canvas uint8 (size, size, 3) padded with ``fill``,
+        target dict)."""
         image = self.dataset.load_image(self.ids[index])
         gt = self.dataset.instance_gt(self.ids[index])
         masks = gt.masks
         if flip:
             image, masks = image[:, ::-1], masks[:, :, ::-1]
-        canvas, _, valid = letterbox(np.ascontiguousarray(image), size)
+        canvas, _, valid = letterbox(np.ascontiguousarray(image), size, fill)
         return canvas, canvas_target(masks, gt.classes, size, valid)
 
 

@@ -10,20 +10,19 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .backbone import ResNetStages, normalize
+from .backbone import Backbone
 
 
 class CAMNet(nn.Module):
-    """ResNet (output stride 16) + global average pooling + bias-free 1x1 conv to C logits."""
+    """A backbone (output stride 16) + global average pooling + bias-free 1x1 conv to C logits."""
 
-    def __init__(self, num_classes: int, depth: int = 50, weights: str = "none",
-                 freeze_bn: bool = True, frozen_stages: int = 2):
+    def __init__(self, backbone: Backbone, num_classes: int):
         super().__init__()
-        self.backbone = ResNetStages(depth, weights, freeze_bn, frozen_stages)
+        self.backbone = backbone
         self.classifier = nn.Conv2d(self.backbone.channels[-1], num_classes, 1, bias=False)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(normalize(images))[-1]
+        return self.backbone(self.backbone.normalize(images))[-1]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in 0..255 -> (B, C) classification logits."""

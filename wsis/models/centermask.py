@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fpn import ResNetFPN
+from .fpn import BackboneFPN
 from .instance_common import downsample_masks, paste_masks
 
 STRIDE = 4
@@ -77,7 +77,7 @@ def grid_box(cy: float, cx: float, bh: float, bw: float, h: int, w: int) -> tupl
 
 
 class CenterMask(nn.Module):
-    def __init__(self, neck: ResNetFPN, num_classes: int, shape_size: int = 32, head_channels: int = 256,
+    def __init__(self, neck: BackboneFPN, num_classes: int, shape_size: int = 32, head_channels: int = 256,
                  class_saliency: bool = True):
         super().__init__()
         self.neck, self.num_classes, self.s = neck, num_classes, shape_size

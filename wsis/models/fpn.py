@@ -1,4 +1,4 @@
-"""ResNet + FPN neck shared by the instance-segmentation heads (torchvision's FPN)."""
+"""Backbone + FPN neck shared by the instance-segmentation heads (torchvision's FPN)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,23 @@ import torch
 from torch import nn
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
-from .backbone import ResNetStages, normalize
+from .backbone import Backbone
 
 
-class ResNetFPN(nn.Module):
-    """ResNet (output stride 32) + FPN with ``out_channels`` per level.
+class BackboneFPN(nn.Module):
+    """A backbone at output stride 32 (stages at strides .., 4, 8, 16, 32) + FPN with
+    ``out_channels`` per level.
 
     ``first_level`` 2 gives P2..P5 and a max-pooled P6 (SOLO, CenterMask); 3 gives P3..P5 and
     P6, P7 from stride-2 3x3 convs (YOLACT)."""
 
-    def __init__(self, depth: int = 50, weights: str = "none", out_channels: int = 256, first_level: int = 2,
-                 freeze_bn: bool = True, frozen_stages: int = 1):
+    def __init__(self, body: Backbone, out_channels: int = 256, first_level: int = 2):
         super().__init__()
-        self.body = ResNetStages(depth, weights, freeze_bn, frozen_stages, last_stride=2)
+        used = body.strides[first_level - 1:]      # P<first_level> .. P5
+        if used != [2 ** (first_level + i) for i in range(len(used))]:
+            raise ValueError(f"{body.name}: stages at strides {body.strides}; the FPN needs strides "
+                             f"{2 ** first_level}, ..., 32 from stage {first_level - 1} on (last_stride=2)")
+        self.body = body
         self.first_level = first_level
         in_channels = self.body.channels[first_level - 1:]
         extra = LastLevelMaxPool() if first_level == 2 else LastLevelP6P7(out_channels, out_channels)
@@ -27,7 +31,7 @@ class ResNetFPN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) in 0..255 -> FPN levels, finest first."""
-        feats = self.body(normalize(images))
+        feats = self.body(self.body.normalize(images))
         levels = {str(i): f for i, f in enumerate(feats[self.first_level - 1:])}
         return list(self.fpn(levels).values())
 

@@ -1,4 +1,4 @@
-"""IRNet: boundary and displacement branches on a frozen ResNet (Ahn et al., CVPR 2019, step 4)."""
+"""IRNet: boundary and displacement branches on a frozen backbone (Ahn et al., CVPR 2019, step 4)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 
 from ..algorithms.affinity import path_max, shifted_targets
 from ..algorithms.path_index import path_index
-from .backbone import ResNetStages, normalize
+from .backbone import Backbone
 
 IGNORE = 255
 IGNORED, BG_POS, FG_POS, NEG = 0, 1, 2, 3   # kinds of pairs in the IRNet losses
@@ -30,9 +30,11 @@ class IRNet(nn.Module):
     resized to the stride-4 grid, concatenated (160 ch), 1x1 conv to 1 logit.
     Displacement branch: stages 3-5 -> 256 ch each, fused at stride 8 and brought to stride 4,
     concatenated with stages 1-2 reduced to 64 and 128 ch, then convs to 2 channels.
+    The stride-4 grid is that of the first stage at stride 4 (a ResNet's stem; an
+    EfficientNet-Lite's second stage, its first at stride 2 being resized down to it).
     """
 
-    def __init__(self, backbone: ResNetStages, crop_size: int = 0):
+    def __init__(self, backbone: Backbone, crop_size: int = 0):
         super().__init__()
         self.backbone = backbone
         self.crop_size = crop_size   # training crop; inference pads to it (0: no padding)
@@ -46,6 +48,7 @@ class IRNet(nn.Module):
         self.dp_fuse = conv_gn_relu(256 * 3, 256, 16)
         self.dp_out = nn.Sequential(conv_gn_relu(64 + 128 + 256, 256, 16), nn.Conv2d(256, 2, 1, bias=False))
         self.register_buffer("mean_displacement", torch.zeros(2))
+        self.grid_stage = backbone.strides.index(4)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -62,18 +65,18 @@ class IRNet(nn.Module):
         then sees the same kind of canvas as in training, where crops are padded with the
         mean colour (zero after normalisation). The outputs are cropped back to the image's
         grid unless ``crop_output`` is false."""
-        x = normalize(images)
+        x = self.backbone.normalize(images)
         h, w = x.shape[-2:]
         if pad_to:
             x = F.pad(x, (0, max(0, pad_to - w), 0, max(0, pad_to - h)))
         with torch.no_grad():
             feats = [f.detach() for f in self.backbone(x)]
-        size = feats[0].shape[-2:]
+        size = feats[self.grid_stage].shape[-2:]
         edge = torch.cat([resize_to(m(f), size) for m, f in zip(self.edge, feats)], dim=1)
         mid = feats[2].shape[-2:]
         high = torch.cat([resize_to(m(f), mid) for m, f in zip(self.dp_high, feats[2:])], dim=1)
         high = resize_to(self.dp_fuse(high), size)
-        low = [m(f) for m, f in zip(self.dp_low, feats[:2])]
+        low = [resize_to(m(f), size) for m, f in zip(self.dp_low, feats[:2])]
         edge, disp = self.edge_out(edge), self.dp_out(torch.cat(low + [high], dim=1))
         if pad_to and crop_output:
             gh, gw = -(-h // 4), -(-w // 4)

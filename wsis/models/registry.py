@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..checkpoint import load_checkpoint
-from .backbone import LOAD_LATER
-from .fpn import ResNetFPN
+from .backbone import LOAD_LATER, backbone_from_section
+from .fpn import BackboneFPN
 
 MODELS = ("solov2", "solo", "yolact", "centermask")
 
@@ -23,8 +23,8 @@ def build_instance_model(name: str, num_classes: int, backbone: dict, heads: dic
         frozen_stages = min(backbone["frozen_stages"], 1)
 
     def neck(first_level):
-        return ResNetFPN(backbone["depth"], weights, fpn_channels, first_level=first_level,
-                         freeze_bn=backbone["freeze_bn"], frozen_stages=frozen_stages)
+        body = backbone_from_section(backbone, weights, frozen_stages=frozen_stages, last_stride=2)
+        return BackboneFPN(body, fpn_channels, first_level=first_level)
 
     if name in ("solov2", "solo"):
         from .solo import SOLO

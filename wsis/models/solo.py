@@ -1,4 +1,4 @@
-"""SOLO (Wang et al., ECCV 2020) and SOLOv2 (Wang et al., NeurIPS 2020) on a ResNet-FPN.
+"""SOLO (Wang et al., ECCV 2020) and SOLOv2 (Wang et al., NeurIPS 2020) on a backbone + FPN.
 
 The image is divided into an S x S grid per FPN level; a cell predicts a class (category
 branch) and the mask of the instance whose centre falls in it - directly as one of S^2 mask
@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from ..algorithms.nms import matrix_nms
-from .fpn import ResNetFPN, conv_gn_relu, coord_channels, prior_bias
+from .fpn import BackboneFPN, conv_gn_relu, coord_channels, prior_bias
 from .instance_common import dice_loss, downsample_masks, paste_masks
 
 STRIDES = (8, 8, 16, 32, 32)   # of the five levels: P2 halved, P3, P4, P5, P6 resized to P5
@@ -63,7 +63,7 @@ def solo_targets(masks: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor,
 
 
 class SOLO(nn.Module):
-    def __init__(self, neck: ResNetFPN, num_classes: int, version: int = 2, grids=(40, 36, 24, 16, 12),
+    def __init__(self, neck: BackboneFPN, num_classes: int, version: int = 2, grids=(40, 36, 24, 16, 12),
                  scale_ranges=((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)), sigma: float = 0.2,
                  head_convs: int = 4, head_channels: int = 512, kernel_channels: int = 256):
         super().__init__()

@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from ..algorithms.nms import fast_nms
-from .fpn import ResNetFPN
+from .fpn import BackboneFPN
 from .instance_common import downsample_masks, paste_masks
 
 VARIANCES = (0.1, 0.2)   # SSD box encoding
@@ -77,7 +77,7 @@ def crop(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 
 class YOLACT(nn.Module):
-    def __init__(self, neck: ResNetFPN, num_classes: int, anchor_scales=(24, 48, 96, 192, 384),
+    def __init__(self, neck: BackboneFPN, num_classes: int, anchor_scales=(24, 48, 96, 192, 384),
                  aspect_ratios=(1.0, 0.5, 2.0), num_prototypes: int = 32):
         super().__init__()
         self.neck, self.num_classes = neck, num_classes
