@@ -92,7 +92,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           image_splits=infer_split, per_image="sam_refine:process", resource="gpu", enabled_by="sam.enabled"),
     Stage("export", "COCO JSON of the instance pseudo-labels", upstream=(pseudo_masks,),
           sections=("export",), version=1, image_splits=infer_split, run="export:run", reads_images=False,
-          result_file=("pseudo-labels (COCO JSON)", "pseudo_labels.json")),
+          result_file=("pseudo-labels (COCO JSON)", "pseudo_labels.json"), writes_coco_ids=True),
     Stage("merge_review", "reviewed annotations over the pseudo-labels (wsis review import)",
           upstream=("export",), sections=(), version=1, image_splits=infer_split, run="merge_review:run",
           reads_images=False, input_files=("review/reviewed.json",), check_inputs="merge_review:check_store"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -109,6 +110,7 @@ class Stage:
     # "module:function" of the work dir that raises WsisError when an input file of the stage
     # cannot be used: called before anything is cleared
     check_inputs: str | None = None
+    writes_coco_ids: bool = False       # its output keeps a COCO input's image and category ids
     enabled_by: str | None = None       # "section.key": a bool that must be true for the stage to exist
 
     def enabled(self, cfg: dict) -> bool:
@@ -256,8 +258,24 @@ class Pipeline:
                 files[name] = self.hashes.get(path) if path.is_file() else None
             if files:   # only when a stage names a file, so other fingerprints stay as they were
                 components["files"] = files
+            if stage.needs_masks and self.dataset.has_masks:
+                # evaluation: edited ground truth with the same labels must make it stale
+                components["ground_truth"] = self.ground_truth_identities(ids)
+            if stage.writes_coco_ids:
+                components["coco_ids"] = section_hash({
+                    "categories": self.dataset.coco_categories(),
+                    "images": [self.dataset.coco_image_id(i, k) for k, i in enumerate(ids)]})
             self._fingerprints[stage.name] = (section_hash(components), components)
         return self._fingerprints[stage.name]
+
+    def ground_truth_identities(self, ids) -> str | None:
+        """One hash of the ground truth of ``ids`` (masks files hashed by content and cached as
+        the images are, by ``run.image_hash``); None for "off"."""
+        mode = self.cfg.get("run", {}).get("image_hash", "content")
+        if mode == "off":
+            return None
+        identity = self.hashes.get if mode == "content" else self.hashes.stat_key
+        return section_hash([self.dataset.ground_truth_identity(i, identity) for i in ids])
 
     def resolved_amp(self) -> str:
         """What ``run.amp = "auto"`` trains in on this machine's device ("bf16" or "off")."""
@@ -337,6 +355,7 @@ class Pipeline:
                 try:
                     remove_stray_temps(self.work_dir)
                     self._check_images(todo)
+                    self._check_config_files(todo)
                     self._check_inputs(todo)
                     self.hashes.save()
                     config_text = dumps_toml(self.cfg).encode()
@@ -409,6 +428,29 @@ class Pipeline:
                                     f"be misplaced: fix height and width in the annotation file")
                 cache[path] = key
         write_json(cache_path, cache)
+
+    def _check_config_files(self, todo: list[Stage]) -> None:
+        """Read every file that a config key of a stage to run names as what it is (a JSON
+        file parses, a weights file loads as tensors), so that a bad one stops the run before
+        any stage output is cleared. Cached by path, size and mtime, as the image check is."""
+        cache_path = self.work_dir / ".checked_files.json"
+        cache = read_json_or_none(cache_path)
+        if not isinstance(cache, dict):
+            cache = {}
+        checked = dict(cache)
+        for stage in todo:
+            for dotted in stage.files:
+                section, key = dotted.split(".", 1)
+                value = self.cfg[section][key]
+                if not (isinstance(value, str) and value and Path(value).expanduser().is_file()):
+                    continue      # a name ("imagenet", "vit_b") or nothing: the schema checked it
+                path = Path(value).expanduser()
+                stat_key = ContentHashes.stat_key(path)
+                if checked.get(str(path)) != stat_key:
+                    check_config_file(dotted, path)
+                    checked[str(path)] = stat_key
+        if checked != cache:
+            write_json(cache_path, checked)
 
     def _check_inputs(self, todo: list[Stage]) -> None:
         """Each stage's own check of its input files (a review store that no longer parses),
@@ -510,6 +552,24 @@ class Pipeline:
                 if stage.result_file and self.state(stage).status == "done"]
 
 
+def check_config_file(key: str, path: Path) -> None:
+    """A one-line WsisError unless ``path`` (named by config key ``key``) reads as what it is:
+    a ``.json`` file parses; anything else is a weights file and loads (tensors only)."""
+    if path.suffix.lower() == ".json":
+        try:
+            with open(path, "rb") as f:
+                json.loads(f.read().decode())
+        except (OSError, ValueError, RecursionError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise WsisError(f"{key} = {path}: not a readable JSON file ({first})") from None
+        return
+    from wsis.checkpoint import UnreadableCheckpoint, load_checkpoint
+    try:
+        load_checkpoint(path)
+    except (UnreadableCheckpoint, OSError) as e:
+        raise WsisError(f"{key} = {e}") from None
+
+
 def remove_output(path: Path) -> None:
     """Remove a damaged output, whatever took its place (a directory too)."""
     if path.is_dir() and not path.is_symlink():
@@ -578,6 +638,10 @@ def stale_reason(old: dict, new: dict) -> str:
             reasons.append(f"upstream {up} changed")
     if old.get("images") != new["images"]:
         reasons.append("image list, labels or files changed")
+    if old.get("ground_truth") != new.get("ground_truth"):
+        reasons.append("ground truth changed")
+    if old.get("coco_ids") != new.get("coco_ids"):
+        reasons.append("COCO image or category ids changed")
     return ", ".join(reasons) or "fingerprint changed"
 
 

@@ -195,3 +195,30 @@ def test_21_5_a_per_image_output_replaced_by_a_directory(tiny_data, tiny_run, tm
     assert cam.is_file()
     from test_faults import same_arrays
     same_arrays(tiny_run / "make_cam" / cam.name, cam)
+
+
+# ------------------------------------------------------------------ issue 21, point 2
+
+def test_21_2_files_that_config_keys_name_are_read_before_anything_is_cleared(tiny_data, tiny_run, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(tiny_run, work, copy_function=os.link)
+    before = snapshot(work)
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    truncated = tmp_path / "resnet18.pth"
+    import torch
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    not_json = tmp_path / "train.json"
+    not_json.write_text('{"images": [')
+    cases = [
+        (("--set", f"backbone.weights={text}"), f"backbone.weights = {text}: not a readable checkpoint"),
+        (("--set", f"backbone.weights={truncated}"), f"backbone.weights = {truncated}: not a readable checkpoint"),
+        (("--set", f'seg.train_json="{not_json}"', "--set", f'seg.train_images="{tiny_data}"'),
+         f"seg.train_json = {not_json}: not a readable JSON file"),
+    ]
+    for overrides, message in cases:
+        proc = wsis("run", *tiny_args(tiny_data, work, *overrides), check=False)
+        one_line_error(proc, message)
+        assert "computing" not in proc.stderr
+    assert snapshot(work) == before

@@ -120,3 +120,22 @@ def test_predict_results_evaluate_against_the_users_file(tiny_data, voc, user_fi
                     for a in full_plain["annotations"] if plain_image[a["image_id"]] in map(str, images))
     got = sorted((val_image[r["image_id"]], r["category_id"], round(r["score"], 5)) for r in results)
     assert got == as_val
+
+
+def test_renumbered_ids_make_the_export_stale(voc, tiny_data, tmp_path):
+    """Issue 21, point 7: the export writes the input's ids, so they are in its fingerprint."""
+    path = users_coco_file(voc, "train", tmp_path / "instances.json", list(range(1, 17)), CATEGORIES)
+    args = ("--dataset", "coco", "--data-root", tiny_data / "JPEGImages", "--annotations", path, "--config", TINY,
+            "--set", "backbone.depth=18", "--set", "backbone.weights=none", "--set", "train_irn.radius=5",
+            "--work-dir", tmp_path / "w", "--device", "cpu")
+    wsis("run", "--stage", "export", *args)
+    renumbered = [dict(c, id=c["id"] + 10, supercategory=c["supercategory"] + "!") for c in CATEGORIES]
+    users_coco_file(voc, "train", path, list(range(1001, 1017)), renumbered)
+    status = {line.split()[0]: line.split(None, 1)[1] for line in wsis("status", *args).stdout.splitlines()}
+    assert status["export"] == "stale (COCO image or category ids changed)", status
+    assert status["train_cam"] == status["ins_seg"] == "done"
+    wsis("run", "--stage", "export", *args)
+    exported = json.loads((tmp_path / "w" / "export" / "pseudo_labels.json").read_text())
+    assert exported["categories"] == sorted(renumbered, key=lambda c: c["id"])
+    assert [im["id"] for im in exported["images"]] == list(range(1001, 1017))
+    assert {a["category_id"] for a in exported["annotations"]} <= {c["id"] for c in renumbered}

@@ -357,3 +357,28 @@ def test_16_no_dashboard_port_warning_when_8787_is_taken(tiny_data, tiny_run, tm
         blocker.close()
     assert "already in use" not in proc.stderr and "UserWarning" not in proc.stderr, proc.stderr
     assert "ir_label: done in" in proc.stderr
+
+
+# ------------------------------------------------------------------ issue 21, point 7
+
+def test_21_7_edited_ground_truth_makes_the_evaluations_stale(tiny_data, tiny_run, data_copy, tmp_path):
+    work = link_copy(tiny_run, tmp_path / "w")
+    run_json = json.loads((work / "run.json").read_text())
+    rewrite(work / "run.json", json.dumps(dict(run_json, data_root=str(data_copy.resolve()))).encode())
+    assert set(status_of(data_copy, work).values()) == {"done"}
+    # the same labels, one instance's mask cut in half: only the masks changed
+    obj = data_copy / "SegmentationObject" / "train_00001.png"
+    masks = read_label_png(obj)
+    label = int(masks[(masks > 0) & (masks < 255)][0])
+    rows = np.nonzero((masks == label).any(1))[0]
+    masks[rows[len(rows) // 2]:][masks[rows[len(rows) // 2]:] == label] = 0
+    from wsis.io import write_label_png
+    obj.unlink()
+    write_label_png(obj, masks)
+    st = status_of(data_copy, work)
+    for stage in ("eval_cam", "eval_sem_seg", "eval_ins_seg"):
+        assert st[stage] == "stale (ground truth changed)", st
+    assert st["train_cam"] == st["ins_seg"] == st["export"] == "done"
+    gt_before = (work / "eval_ins_seg" / "ground_truth_coco.json").read_bytes()
+    wsis("run", "--stage", "eval_ins_seg", *tiny_args(data_copy, work))
+    assert (work / "eval_ins_seg" / "ground_truth_coco.json").read_bytes() != gt_before

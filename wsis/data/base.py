@@ -63,6 +63,12 @@ class Dataset:
         """(H, W) of the image as displayed: the size of every per-pixel output."""
         return read_image_size(self.image_path(image_id), self.max_pixels)
 
+    def ground_truth_identity(self, image_id: str, file_identity) -> str | None:
+        """What the ground truth of ``image_id`` is, for the fingerprints of the evaluation
+        stages: edited masks with the same labels make them stale. ``file_identity(path)``
+        gives a file's cached content hash (or size and mtime). None without masks."""
+        return None
+
     def declared_size(self, image_id: str) -> tuple[int, int] | None:
         """(H, W) that the annotation file gives the image, the size its masks are drawn at;
         None when the dataset gives none (the image's own size is used)."""

@@ -7,6 +7,7 @@ names and supercategories are kept, so exported files use the user's numbering.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -32,6 +33,11 @@ class COCODataset(Dataset):
 
     def coco_image_id(self, image_id: str, position: int) -> int:
         return self.image_ids[image_id]
+
+    def ground_truth_identity(self, image_id: str, file_identity) -> str:
+        """The image's annotations as the file gives them (masks, classes, crowd flags)."""
+        blob = json.dumps([self.sizes[image_id], self.anns[image_id]], sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def declared_size(self, image_id: str) -> tuple[int, int]:
         return self.sizes[image_id]

@@ -28,6 +28,10 @@ class VOCDataset(Dataset):
     def image_dir(self) -> Path:
         return self.root / "JPEGImages"
 
+    def ground_truth_identity(self, image_id: str, file_identity) -> str:
+        paths = (self.root / "SegmentationClass" / f"{image_id}.png", self.root / "SegmentationObject" / f"{image_id}.png")
+        return ":".join(file_identity(p) if p.is_file() else "missing" for p in paths)
+
     def semantic_gt(self, image_id: str) -> np.ndarray:
         return read_label_png(self.root / "SegmentationClass" / f"{image_id}.png")
 
