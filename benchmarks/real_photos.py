@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from pipeline import child   # benchmarks/pipeline.py: one wsis command, then its peak RSS
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ["train_cam", "make_cam", "eval_cam", "ir_label", "train_irn", "irn_infer", "sem_seg", "eval_sem_seg",
@@ -45,18 +46,6 @@ PAPER_IRN = {"ir_label.fg_thres": 0.30, "ir_label.bg_thres": 0.05, "sem_seg.bg_t
              "ins_seg.bg_threshold": 0.25, "random_walk.exp_times": 8, "ins_seg.exp_times": -1,
              "ins_seg.clustering": "weak_region", "ins_seg.score": "peak"}
 PAPER_DOWNSTREAM = ["ir_label", "train_irn", "irn_infer", "sem_seg", "ins_seg", "export", "eval_ins_seg"]
-
-
-def child(argv: list[str]) -> None:
-    """One ``wsis`` command in this process; its peak RSS (with reaped children: Dask and
-    loader workers) as the last line."""
-    from wsis.cli import main
-    try:
-        main(argv, standalone_mode=False)
-    finally:
-        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        print(json.dumps({"peak_rss_mb": max(own, kids) / 1024}), flush=True)
 
 
 def run_stage(stage: str, common: list[str], *extra: str) -> dict:
