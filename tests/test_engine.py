@@ -240,9 +240,10 @@ def test_recorded_outputs_find_damage(tmp_path):
     write_npz(out / "a.npz", x=np.arange(1000))
     write_label_png(out / "a.png", np.eye(30, dtype=np.uint8))
     (out / "model.pt").write_bytes(os.urandom(3 << 20))
-    rec = record_outputs(out, {"a.npz", "a.png"})
-    assert isinstance(rec["a.npz"], int) and len(rec["model.pt"]) == 2
-    assert damaged_outputs(out, rec, {"a.npz", "a.png"}) == {}
+    names = {"a.npz", "a.png"}
+    rec = record_outputs(out)
+    assert all(len(r) == 3 for r in rec.values())
+    assert damaged_outputs(out, rec, names) == {}
     size = (out / "a.npz").stat().st_size
     (out / "a.npz").write_bytes(bytes(size))                              # zero-filled, same size
     png = (out / "a.png").read_bytes()
@@ -250,12 +251,48 @@ def test_recorded_outputs_find_damage(tmp_path):
     model = bytearray((out / "model.pt").read_bytes())
     model[-5] ^= 1                                                       # one byte, last MiB
     (out / "model.pt").write_bytes(bytes(model))
-    d = damaged_outputs(out, rec, {"a.npz", "a.png"})
-    assert d["a.npz"].startswith("unreadable") and "IEND" in d["a.png"] and d["model.pt"] == "content changed"
+    d = damaged_outputs(out, rec, names)
+    assert d == {name: "content changed (full-content hash)" for name in ("a.npz", "a.png", "model.pt")}
     (out / "a.npz").unlink()
     (out / "model.pt").write_bytes(b"short")
-    d = damaged_outputs(out, rec, {"a.npz", "a.png"})
+    d = damaged_outputs(out, rec, names)
     assert d["a.npz"] == "missing" and d["model.pt"] == f"5 bytes, {len(model)} recorded"
+
+
+def flip_middle(path, n_bytes, mtime_ns=None):
+    """``n_bytes`` in the middle of ``path`` inverted in place, at the same size; the mtime then
+    set to ``mtime_ns`` when given (a writer that restores it)."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + n_bytes] = bytes(b ^ 0xFF for b in data[mid:mid + n_bytes])
+    path.write_bytes(bytes(data))
+    if mtime_ns is not None:
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def test_damage_in_the_middle_of_a_file_is_found(tmp_path):
+    """Issue 21, point 1: 16 to 64 KiB changed in the middle of an output, at the same size.
+    With the mtime moved, a plain check hashes the file; with the mtime restored, only
+    ``verify`` (status --verify, and a run about to read it) does."""
+    import numpy as np
+    from wsis.io import write_label_png, write_npz
+    out = tmp_path / "o"
+    rng = np.random.default_rng(0)
+    write_npz(out / "a.npz", cam=rng.random((20, 64, 64), np.float32))
+    write_label_png(out / "a.png", rng.integers(0, 5, (300, 400)).astype(np.uint8))
+    (out / "model.pt").write_bytes(os.urandom(5 << 20))
+    rec = record_outputs(out)
+    names = {"a.npz", "a.png"}
+    for name, n in (("a.npz", 16), ("a.png", 256), ("model.pt", 64), ("model.pt", 64 << 10)):
+        recorded_mtime = rec[name][1]
+        flip_middle(out / name, n, recorded_mtime)
+        assert damaged_outputs(out, rec, names) == {}          # the cheap check trusts size and mtime
+        assert damaged_outputs(out, rec, names, verify=True) == {name: "content changed (full-content hash)"}
+        flip_middle(out / name, n)                               # flipped back: the bytes are as recorded
+        assert damaged_outputs(out, rec, names) == damaged_outputs(out, rec, names, verify=True) == {}
+        flip_middle(out / name, n)                               # the mtime moved: hashed by the plain check
+        assert damaged_outputs(out, rec, names) == {name: "content changed (full-content hash)"}
+        flip_middle(out / name, n, recorded_mtime)
 
 
 def test_auto_precision_enters_the_fingerprint_as_what_it_trains_in(tmp_path, monkeypatch):

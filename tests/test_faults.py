@@ -382,3 +382,57 @@ def test_21_7_edited_ground_truth_makes_the_evaluations_stale(tiny_data, tiny_ru
     gt_before = (work / "eval_ins_seg" / "ground_truth_coco.json").read_bytes()
     wsis("run", "--stage", "eval_ins_seg", *tiny_args(data_copy, work))
     assert (work / "eval_ins_seg" / "ground_truth_coco.json").read_bytes() != gt_before
+
+
+# ------------------------------------------------------------------ issue 21, point 1
+
+def flip_in_the_middle(path: Path, n_bytes: int) -> None:
+    """``n_bytes`` in the middle of a (hard-linked) output inverted, at the same size and mtime."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + n_bytes] = bytes(b ^ 0xFF for b in data[mid:mid + n_bytes])
+    rewrite(path, bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_21_1_damage_in_the_middle_that_keeps_size_and_mtime(tiny_data, tiny_run, tmp_path):
+    work = link_copy(tiny_run, tmp_path / "w")
+    cam, label, model = work / "make_cam" / "train_00001.npz", work / "ir_label" / "train_00002.png", \
+        work / "train_cam" / "model.pt"
+    flip_in_the_middle(cam, 16)
+    flip_in_the_middle(label, 256)
+    flip_in_the_middle(model, 64)
+    assert set(status_of(tiny_data, work).values()) == {"done"}          # plain status: size and mtime only
+    st = status_of(tiny_data, work, "--verify")
+    assert st["make_cam"] == "damaged (train_00001.npz: content changed (full-content hash))", st
+    assert st["ir_label"] == "damaged (train_00002.png: content changed (full-content hash))", st
+    assert st["train_cam"] == "damaged (model.pt: content changed (full-content hash))", st
+    # a run hashes what a stage is about to read: eval_cam reads make_cam, which reads train_cam
+    proc = wsis("run", "--stage", "eval_cam", "--force", *tiny_args(tiny_data, work))
+    assert "train_cam: model.pt: content changed (full-content hash); recomputing the stage" in proc.stderr
+    assert "ir_label" not in proc.stderr                                   # not read by this run: not hashed
+    assert set(status_of(tiny_data, work, "--verify").values()) - {"done"} == {"damaged (train_00002.png: "
+                                                                               "content changed (full-content hash))"}
+    proc = wsis("run", "--stage", "train_irn", "--force", *tiny_args(tiny_data, work))
+    assert "ir_label: 1 damaged output(s) (train_00002.png: content changed (full-content hash)); recomputing " \
+           "those images" in proc.stderr
+    same_arrays(tiny_run / "ir_label" / label.name, label)
+
+
+def test_21_1_manifests_of_an_older_wsis_get_a_line_and_full_hashes(tiny_data, tiny_run, tmp_path):
+    from wsis.io import quick_hash
+    work = link_copy(tiny_run, tmp_path / "w")
+    for man_path in work.glob("*/manifest.json"):          # as the wsis before full-content hashes wrote them
+        man = json.loads(man_path.read_text())
+        per_image = {n for n in man.get("outputs", {}) if n.endswith((".npz", ".png")) and "/" not in n}
+        man["outputs"] = {n: r[0] if n in per_image else [r[0], quick_hash(man_path.parent / n)]
+                          for n, r in man.get("outputs", {}).items()}
+        rewrite(man_path, json.dumps(man).encode())
+    assert set(status_of(tiny_data, work).values()) == {"done"}
+    proc = wsis("run", "--stage", "eval_cam", *tiny_args(tiny_data, work))
+    notes = [line for line in proc.stderr.splitlines() if "manifests of an older wsis" in line]
+    assert len(notes) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    man = json.loads((work / "make_cam" / "manifest.json").read_text())
+    assert all(len(r) == 3 for r in man["outputs"].values())
+    assert set(status_of(tiny_data, work, "--verify").values()) == {"done"}

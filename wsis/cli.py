@@ -198,12 +198,16 @@ def run(stage, force, workers, scheduler, gpus, **common):
 
 
 @main.command()
+@click.option("--verify", is_flag=True,
+              help="Hash the whole content of every output and input file (slow: reads everything); without it, "
+                   "outputs are checked by size, and hashed only where their mtime moved.")
 @common_options
 @user_errors
-def status(**common):
-    """Print each stage's state: done / stale (why) / partial (n of N) / missing."""
+def status(verify, **common):
+    """Print each stage's state: done / stale (why) / partial (n of N) / damaged (what) / missing."""
     session = Session(**common)
     pipeline = session.pipeline()
+    pipeline.verify = verify
     for stage in pipeline.stages.values():
         st = pipeline.state(stage)
         detail = f" ({st.detail})" if st.detail else ""
