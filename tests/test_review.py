@@ -13,8 +13,8 @@ from conftest import snapshot, tiny_args, wsis
 from test_faults import one_line_error
 from wsis.data.synthetic import shape_mask
 from wsis.io import read_npz
-from wsis.review.confidence import (first_last_fraction, image_confidence, instance_confidence, instance_margins,
-                                    match_instances,
+from wsis.algorithms.margins import instance_margins
+from wsis.review.confidence import (first_last_fraction, image_confidence, instance_confidence, match_instances,
                                     matched_quality, review_order, label_agreement)
 from wsis.review.polygons import mask_to_polygons, polygons_to_mask
 
@@ -36,6 +36,17 @@ def test_polygon_round_trip_keeps_holes_and_parts(kind):
             assert iou(mask, back) >= 0.95, (kind, r, angle)
     ring = shape_mask("ring", 100, 120, 50, 60, 30, 0.0)
     assert not polygons_to_mask(mask_to_polygons(ring), 100, 120)[50, 60]   # the hole stays a hole
+
+
+def test_instance_synthesis_does_not_climb_into_the_review_package():
+    """instance_margins is array math of instance synthesis (issue 21, point 8): the ins_seg
+    stage imports nothing of wsis.review."""
+    import subprocess
+    import sys
+    code = ("import sys, pipelines.stages.ins_seg; "
+            "print([m for m in sys.modules if m.startswith('wsis.review')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_instance_margins_by_hand():

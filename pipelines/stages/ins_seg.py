@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from wsis.algorithms.instances import synthesize_instances
+from wsis.algorithms.margins import instance_margins
 from wsis.io import write_npz
-from wsis.review.confidence import instance_margins
 
 from ..engine import Job
 from .sem_seg import irn_outputs
@@ -15,7 +15,7 @@ from .sem_seg import irn_outputs
 def process(job: Job, ids: list[str]) -> None:
     """Writes ``<id>.npz``: ``instances`` (H, W) int32 (0 none, n detection n), ``classes``
     (N,), ``scores`` (N,) and ``margins`` (N,): how clearly the argmax won on each detection
-    (wsis.review.confidence.instance_margins). Detections are disjoint (one argmax)."""
+    (wsis.algorithms.margins.instance_margins). Detections are disjoint (one argmax)."""
     c = job.cfg["ins_seg"]
     for image_id in ids:
         image, cams, classes, boundary, displacement = irn_outputs(job, image_id)
