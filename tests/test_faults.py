@@ -436,3 +436,18 @@ def test_21_1_manifests_of_an_older_wsis_get_a_line_and_full_hashes(tiny_data, t
     man = json.loads((work / "make_cam" / "manifest.json").read_text())
     assert all(len(r) == 3 for r in man["outputs"].values())
     assert set(status_of(tiny_data, work, "--verify").values()) == {"done"}
+
+
+def test_21_7_status_verify_rehashes_an_image_replaced_under_the_same_size_and_mtime(tiny_data, tiny_run,
+                                                                                    data_copy, tmp_path):
+    work = link_copy(tiny_run, tmp_path / "w")
+    rewrite(work / "run.json", json.dumps({"dataset": "synthetic", "data_root": str(data_copy.resolve())}).encode())
+    wsis("run", "--stage", "make_cam", *tiny_args(data_copy, work))   # up to date; caches this copy's hashes
+    image = data_copy / "JPEGImages" / "val_00002.jpg"
+    st = image.stat()
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 0xFF                                 # another picture, same size
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))         # and the same mtime
+    assert status_of(data_copy, work)["make_cam"] == "done"     # the hash cache trusts size and mtime (README)
+    assert status_of(data_copy, work, "--verify")["make_cam"] == "stale (image list, labels or files changed)"
