@@ -138,8 +138,9 @@ class ResNetStages(Backbone):
     """ResNet as five stages: stem (stride 4), layer1 (4), layer2 (8), layer3 (16), layer4
     (16, or 32 with ``last_stride`` 2); ImageNet normalisation."""
 
-    default_mean = tuple(255 * m for m in IMAGENET_MEAN)
-    default_std = tuple(255 * s for s in IMAGENET_STD)
+    # scaled in float32, as the normalisation always was, so results stay bit-identical
+    default_mean = tuple((torch.tensor(IMAGENET_MEAN) * 255).tolist())
+    default_std = tuple((torch.tensor(IMAGENET_STD) * 255).tolist())
 
     def __init__(self, depth: int = 50, weights: str = "none", freeze_bn: bool = True,
                  frozen_stages: int = 0, last_stride: int = 1):
