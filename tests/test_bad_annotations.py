@@ -14,7 +14,7 @@ from test_faults import one_line_error
 from wsis.config import load_config
 from wsis.data import open_dataset
 
-COCO_RUN = ("--config", TINY, "--set", "backbone.depth=18", "--set", "backbone.weights=none", "--device", "cpu")
+COCO_RUN = ("--config", TINY, "--set", "backbone.arch=resnet", "--set", "backbone.depth=18", "--set", "backbone.weights=none", "--device", "cpu")
 
 
 @pytest.fixture(scope="module")

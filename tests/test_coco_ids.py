@@ -57,7 +57,7 @@ def user_file(voc, tmp_path_factory):
 def test_export_keeps_the_users_ids(tiny_data, user_file, tmp_path):
     work = tmp_path / "w"
     wsis("run", "--dataset", "coco", "--data-root", tiny_data / "JPEGImages", "--annotations", user_file,
-         "--config", TINY, "--set", "backbone.depth=18", "--set", "backbone.weights=none",
+         "--config", TINY, "--set", "backbone.arch=resnet", "--set", "backbone.depth=18", "--set", "backbone.weights=none",
          "--set", "train_irn.radius=5", "--work-dir", work,
          "--stage", "export", "--device", "cpu")
     user = json.loads(user_file.read_text())
@@ -83,7 +83,7 @@ def test_export_keeps_the_users_ids(tiny_data, user_file, tmp_path):
 def test_predict_results_evaluate_against_the_users_file(tiny_data, voc, user_file, tmp_path):
     work = tmp_path / "w"
     wsis("train-seg", "--coco", user_file, "--images", tiny_data / "JPEGImages", "--work-dir", work,
-         "--config", TINY, "--set", "backbone.depth=18", "--set", "backbone.weights=none",
+         "--config", TINY, "--set", "backbone.arch=resnet", "--set", "backbone.depth=18", "--set", "backbone.weights=none",
          "--set", "seg.model=centermask", "--set", "centermask.shape_size=8", "--device", "cpu")
     model = work / "train_seg" / "model.pt"
     # a held-out file: other image ids, the same names under other category ids
@@ -126,7 +126,7 @@ def test_renumbered_ids_make_the_export_stale(voc, tiny_data, tmp_path):
     """Issue 21, point 7: the export writes the input's ids, so they are in its fingerprint."""
     path = users_coco_file(voc, "train", tmp_path / "instances.json", list(range(1, 17)), CATEGORIES)
     args = ("--dataset", "coco", "--data-root", tiny_data / "JPEGImages", "--annotations", path, "--config", TINY,
-            "--set", "backbone.depth=18", "--set", "backbone.weights=none", "--set", "train_irn.radius=5",
+            "--set", "backbone.arch=resnet", "--set", "backbone.depth=18", "--set", "backbone.weights=none", "--set", "train_irn.radius=5",
             "--work-dir", tmp_path / "w", "--device", "cpu")
     wsis("run", "--stage", "export", *args)
     renumbered = [dict(c, id=c["id"] + 10, supercategory=c["supercategory"] + "!") for c in CATEGORIES]

@@ -70,7 +70,7 @@ def test_train_seg_scores_a_held_out_file(tiny_data, tiny_run, tmp_path):
     val_gt = tiny_run / "eval_seg" / "ground_truth_coco.json"      # the val split's ground truth
     work = tmp_path / "w"
     args = ["train-seg", "--coco", tiny_run / "eval_ins_seg" / "ground_truth_coco.json", "--images", images_dir,
-            "--work-dir", work, "--config", TINY, "--set", "backbone.depth=18", "--set", "backbone.weights=none",
+            "--work-dir", work, "--config", TINY, "--set", "backbone.arch=resnet", "--set", "backbone.depth=18", "--set", "backbone.weights=none",
             "--set", "seg.model=centermask", "--set", "centermask.shape_size=8", "--set", "seg.epochs=4",
             "--set", "seg.score_threshold=0.0", "--device", "cpu"]
     proc = wsis(*args, "--eval-annotations", val_gt)
@@ -134,7 +134,8 @@ def test_run_and_status_take_the_held_out_file(tiny_data, tiny_run, tmp_path):
     shutil.copytree(tiny_run, work)
     val_gt = tiny_run / "eval_seg" / "ground_truth_coco.json"
     status = wsis("status", *tiny_args(tiny_data, work, "--eval-annotations", val_gt)).stdout
-    assert "eval_seg     stale (config [eval_seg] changed, image list, labels or files changed)" in status
+    assert ("eval_seg     stale (config [eval_seg] changed, image list, labels or files changed, "
+            "ground truth changed)") in status
     proc = wsis("run", "--stage", "eval_seg", *tiny_args(tiny_data, work, "--eval-annotations", val_gt,
                                                          "--eval-images", tiny_data / "JPEGImages"))
     metrics = json.loads((work / "eval_seg" / "metrics.json").read_text())

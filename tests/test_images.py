@@ -98,7 +98,7 @@ def test_large_rotated_and_16_bit_images_through_the_pipeline(tiny_data, tmp_pat
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     work = tmp_path / "work"
     args = ["--dataset", "folder", "--data-root", root, "--labels", root / "labels.csv", "--config", TINY,
-            "--set", "data.max_side=256", "--set", "backbone.depth=18", "--set", "backbone.weights=none",
+            "--set", "data.max_side=256", "--set", "backbone.arch=resnet", "--set", "backbone.depth=18", "--set", "backbone.weights=none",
             "--set", "train_irn.radius=5", "--work-dir", work, "--device", "cpu"]
     proc = wsis("run", "--stage", "export", *args)
     wsis("run", "--stage", "sem_seg", *args)

@@ -84,7 +84,7 @@ def test_train_seg_on_a_users_coco_file(tiny_data, tiny_run, tmp_path):
     gt = tiny_run / "eval_ins_seg" / "ground_truth_coco.json"   # ground truth of the train split
     work = tmp_path / "w"
     args = ["train-seg", "--coco", gt, "--images", tiny_data / "JPEGImages", "--work-dir", work,
-            "--config", TINY, "--set", "backbone.depth=18", "--set", "backbone.weights=none",
+            "--config", TINY, "--set", "backbone.arch=resnet", "--set", "backbone.depth=18", "--set", "backbone.weights=none",
             "--set", "seg.model=centermask", "--set", "centermask.shape_size=8", "--device", "cpu"]
     proc = wsis(*args)
     assert f"model: {work / 'train_seg' / 'model.pt'}" in proc.stdout
