@@ -116,6 +116,7 @@ def main() -> None:
                     help="a folder with images/ and instances_voc20.json")
     ap.add_argument("--work", default=None, help="work dir (default: a temp dir); a rerun reuses its cache")
     ap.add_argument("--preset", default="coco")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "photos.toml"), help="the recipe (default: photos)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override, repeatable")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--force", action="store_true", help="recompute every stage")
@@ -125,18 +126,18 @@ def main() -> None:
         sys.exit(f"{data}: needs images/ and instances_voc20.json (see ../shared/data/coco-mini/README.md)")
     work = Path(args.work or tempfile.mkdtemp(prefix="wsis-real-"))
     sets = [a for o in args.overrides for a in ("--set", o)]
-    common = ["--dataset", args.preset, "--data-root", str(data / "images"),
+    common = ["--dataset", args.preset, "--config", args.config, "--data-root", str(data / "images"),
               "--annotations", str(data / "instances_voc20.json"), "--work-dir", str(work), *sets]
 
     sys.path.insert(0, str(ROOT))
     from wsis.config import load_config
     from wsis.data import open_dataset
-    cfg = load_config(args.preset, overrides=["data.annotations=" + str(data / "instances_voc20.json"),
+    cfg = load_config(args.preset, args.config, overrides=["data.annotations=" + str(data / "instances_voc20.json"),
                                               *args.overrides])
     dataset = open_dataset(args.preset, cfg, data / "images", None)
     split = cfg["data"]["infer_split"]
     photos = len(dataset.ids(split))
-    print(f"{photos} photos from {data}, preset {args.preset} ({cfg['backbone']['arch']}), "
+    print(f"{photos} photos from {data}, preset {args.preset} + {Path(args.config).name} ({cfg['backbone']['arch']}), "
           f"{os.cpu_count()} CPU cores, work dir {work}", flush=True)
 
     t_start = time.monotonic()

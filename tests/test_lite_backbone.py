@@ -111,7 +111,8 @@ def test_every_network_builds_on_lite():
     """CAM net (stride 16), IRNet (boundary and displacement on the stride-4 grid, its stride-2
     stage resized down) and the FPN heads (P2..P6 / P3..P7) on a Lite0 backbone."""
     from wsis.models.registry import build_instance_model
-    cfg = load_config("coco")
+    from wsis.config import CONFIG_DIR
+    cfg = load_config("coco", CONFIG_DIR / "photos.toml")
     x = torch.rand(1, 3, 64, 96) * 255
     cam = CAMNet(build_backbone("efficientnet_lite0", 0, LOAD_LATER), 4).eval()
     with torch.no_grad():
@@ -186,11 +187,13 @@ def test_wheel_file_enters_the_fingerprint(tmp_path):
         assert dict(STAGES[name].file_resolvers)["backbone.weights"] is backbone_weights_file
 
 
-def test_photo_presets_extend_the_real_photo_recipe():
+def test_the_real_photo_recipe_goes_over_the_coco_and_folder_presets():
+    from wsis.config import CONFIG_DIR
     for preset in ("coco", "folder"):
-        cfg = load_config(preset)
+        cfg = load_config(preset, CONFIG_DIR / "photos.toml")
         assert cfg["backbone"]["arch"] == "efficientnet_lite0" and cfg["backbone"]["weights"] == "imagenet"
-        assert cfg["data"]["train_split"] == "all"          # the preset's own layer on top
+        assert cfg["data"]["train_split"] == "all"          # the preset's own layer below it
+        assert load_config(preset)["backbone"]["arch"] == "resnet"
     assert load_config("voc2012")["backbone"]["arch"] == "resnet"
     assert load_config("synthetic")["backbone"]["arch"] == "resnet"
 

