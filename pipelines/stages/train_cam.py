@@ -40,13 +40,15 @@ def run(job: Job) -> None:
     optimizer = sgd([(backbone_params, c["lr"]), (head_params, c["lr"] * c["head_lr_mult"])],
                     c["momentum"], c["weight_decay"])
 
+    fill = model.backbone.pad_colour          # the colour the backbone normalises to zero
+
     def make_sample(index, epoch):
         """An augmented crop (uint8, CHW) and its labels; the RNG depends only on (seed, epoch,
         image index), so a resumed run sees exactly the batches an uninterrupted one would."""
         image_id = job.ids[index]
         rng = np.random.default_rng([c["seed"], epoch, int(index)])
         img = cam_train_augment(job.dataset.load_image(image_id), rng, tuple(c["resize_long"]),
-                                c["crop_size"], c["hflip"], model.backbone.pad_colour)
+                                c["crop_size"], c["hflip"], fill)
         return (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
                 torch.from_numpy(job.dataset.label_vector(image_id)))
 

@@ -58,13 +58,15 @@ def run(job: Job) -> None:
                     c["momentum"], c["weight_decay"])
     labels_dir = job.inputs["ir_label"]
 
+    fill = model.backbone.pad_colour          # the colour the backbone normalises to zero
+
     def make_sample(index, epoch):
         image_id = train_ids[index]
         rng = np.random.default_rng([c["seed"], epoch, int(index)])
         img, lab = irn_train_augment(job.dataset.load_image(image_id),
                                      read_label_png(labels_dir / f"{image_id}.png"), rng,
                                      tuple(c["scale_range"]), c["crop_size"], c["hflip"],
-                                     fill=model.backbone.pad_colour)
+                                     fill=fill)
         return (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
                 torch.from_numpy(np.ascontiguousarray(lab[::4, ::4])).long())  # stride-4 labels
 

@@ -53,10 +53,12 @@ def run(job: Job) -> None:
                                s["momentum"], head["weight_decay"])
     size = s["input_size"]
 
+    fill = model.neck.body.pad_colour          # the colour the backbone normalises to zero
+
     def make_sample(index, epoch):
         rng = np.random.default_rng([s["seed"], epoch, int(index)])
         canvas, target = data.sample(int(index), size, flip=s["hflip"] and rng.random() < 0.5,
-                                     fill=model.neck.body.pad_colour)
+                                     fill=fill)
         return torch.from_numpy(canvas).permute(2, 0, 1), model.prepare_target(target, size)
 
     def collate(samples):
