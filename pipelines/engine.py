@@ -964,10 +964,16 @@ class _WorkerDeathFilter(logging.Filter):
     """Lets through distributed's errors and the nanny's notes on why a worker died (killed
     by a signal, exited, over its memory budget); everything else stays quiet."""
     DEATH = ("was killed by", "exited with status", "memory budget")
+    # the scheduler says this when a result sat on a worker that just died; the client then
+    # reschedules the task, so it is not an error the user can act on (a task that cannot be
+    # recomputed fails its future, and that is reported)
+    RECOVERED = ("Couldn't gather keys",)
     closing = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.closing:
+            return False
+        if record.getMessage().startswith(self.RECOVERED):
             return False
         if record.levelno >= logging.ERROR:
             return True
