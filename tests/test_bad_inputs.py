@@ -105,6 +105,10 @@ def test_21_4_a_decompression_bomb_is_one_line_naming_the_pixel_count(tmp_path):
     one_line_error(proc, f"{bomb}: 20000x10000 = 200000000 pixels, over data.max_pixels")
     # a higher data.max_pixels lets a large image through to decoding (where this one, 8x8
     # pixels of data under a patched header, is found truncated)
+    proc = wsis("run", "--dataset", "folder", "--data-root", images, "--labels", tmp_path / "labels.csv",
+                "--work-dir", tmp_path / "w3", *common, "--set", "data.max_pixels=300000000", check=False)
+    assert proc.returncode != 0 and "over data.max_pixels" not in proc.stderr
+    assert str(bomb) in proc.stderr and "corrupt image" in proc.stderr, proc.stderr
     import pytest
 
     from wsis.errors import DataError

@@ -163,6 +163,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "run.loader_workers": (at_least(-1),),
     "random_walk.tolerance": (between(0.0, 1.0, high_open=True),),
     "data.max_side": (at_least(0),),
+    "data.max_pixels": (at_least(0),),
+    "review.max_member_mb": (above(0),),
     "seg.model": (one_of("solov2", "solo", "yolact", "centermask"),),
     "seg.backbone_init": (BACKBONE_INIT,),
     "seg.input_size": (at_least(32),),
