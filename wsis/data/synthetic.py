@@ -21,7 +21,7 @@ from PIL import Image
 from skimage.draw import polygon2mask
 
 from ..errors import ConfigError, DataError
-from ..io import write_label_png
+from ..io import current_umask, write_label_png
 
 GENERATOR_VERSION = 1
 SPEC_FILE = "synthetic.json"
@@ -218,6 +218,7 @@ def generate(root: Path, spec: dict, progress=None) -> None:
                     progress(split, i + 1, count)
             (tmp / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        tmp.chmod(0o777 & ~current_umask())    # mkdtemp makes it 0700; a dataset is mkdir's mode
         tmp.rename(root)
     finally:
         if tmp.exists():
