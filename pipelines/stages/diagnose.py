@@ -16,6 +16,7 @@ stage functions read their inputs by), so it drives a second Pipeline in a sub w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -258,6 +259,21 @@ def row_synthesis(inputs: dict, replaced: tuple[str, ...], cfg: dict, device: st
                                 inputs["clusters"][1] if "clusters" in replaced else None)
 
 
+@contextlib.contextmanager
+def one_torch_thread(device: str):
+    """The synthesis on the CPU in one torch thread, as the stages' Dask tasks run it: its
+    ops are small (a 160 x 120 grid), and OpenMP threads waiting on a busy core made a row
+    7 x slower (coco-mini, 6 photos: 195 s with 2 threads while another process ran, 29 s with one)."""
+    import torch
+    before = torch.get_num_threads()
+    if str(device).startswith("cpu"):
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_diagnose(pipeline: Pipeline, rows: list[str], limit: int | None = None, figures: int = 6) -> dict:
     """Run the oracle ablation; writes ``<work-dir>/diagnose/oracles.json`` (and .txt) and the
     figures of the ``figures`` worst images of the baseline. Returns the result."""
@@ -280,11 +296,13 @@ def run_diagnose(pipeline: Pipeline, rows: list[str], limit: int | None = None, 
     scores = {name: RowScore(ds.num_classes) for name in rows}
     progress = Progress("diagnose", len(ids))
     start = time.monotonic()
-    for image_id in ids:
-        inputs = image_inputs(pipeline, image_id, retrained)
-        for name in rows:
-            scores[name].add(image_id, row_synthesis(inputs, replaced_inputs(name), pipeline.cfg, device), inputs["gt"])
-        progress.update(1)
+    with one_torch_thread(device):
+        for image_id in ids:
+            inputs = image_inputs(pipeline, image_id, retrained)
+            for name in rows:
+                scores[name].add(image_id, row_synthesis(inputs, replaced_inputs(name), pipeline.cfg, device),
+                                 inputs["gt"])
+            progress.update(1)
     table = {name: s.result() for name, s in scores.items()}
     out_dir = pipeline.work_dir / DIAGNOSE_DIR
     worst = sorted(ids, key=lambda i: (scores["baseline"].quality[i], i))[:max(figures, 0)]
