@@ -323,54 +323,91 @@ def review():
 @click.option("--format", "fmt", type=click.Choice(["cvat", "labelstudio", "coco"]), required=True,
               help="cvat: COCO 1.0 zip with images; labelstudio: tasks JSON + labelling config; coco: plain JSON.")
 @click.option("--top", type=int, default=None, help="Only the N least confident images [default: all].")
+@click.option("--include-reviewed", is_flag=True,
+              help="Also export images already reviewed (wsis review import), with their reviewed masks "
+                   "[default: left out].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output file [default: <work-dir>/review/export/review_<format>.zip|json].")
-@click.option("--image-url-prefix", default="/data/local-files/?d=", show_default=True,
-              help="labelstudio: prefix of data.image before the image's path relative to the dataset's "
-                   "image folder (Label Studio local storage with that folder as document root).")
+@click.option("--image-url-prefix", default=None,
+              help="labelstudio: prefix of data.image before the image's URL-encoded path relative to the dataset's "
+                   "image folder [default: /data/local-files/?d=<image folder name>/, Label Studio local files "
+                   "with the folder above the image folder as document root and the image folder as storage].")
 @common_options
 @user_errors
-def review_export(fmt, top, out, image_url_prefix, **common):
-    """Write the review queue (least confident first) for CVAT, Label Studio or as COCO."""
+def review_export(fmt, top, include_reviewed, out, image_url_prefix, **common):
+    """Write the review queue (least confident first) for CVAT, Label Studio or as COCO;
+    images already reviewed are left out unless --include-reviewed."""
+    from pipelines.stages.merge_review import REVIEW_STORE
     from pipelines.stages.report import current_queue
-    from .review.formats import export_review, review_items
+    from .review.formats import export_review, local_files_setup, read_store, review_items
+    from .review.queue import mark_reviewed
     session = Session(**common)
     pipeline = session.pipeline()
     if top is not None and top < 1:
         raise ConfigError("--top must be at least 1")
-    queue = current_queue(pipeline)
+    reviewed = read_store(session.work_dir / REVIEW_STORE)["images"]
+    queue = mark_reviewed(current_queue(pipeline), reviewed)
+    left_out = 0
+    if not include_reviewed:
+        left_out = sum(e["reviewed"] for e in queue["images"])
+        queue = dict(queue, images=[e for e in queue["images"] if not e["reviewed"]])
     from pipelines.dag import pseudo_masks
     items = review_items(queue, pipeline.dataset, pipeline.out_dir(pipeline.stages[pseudo_masks(pipeline.cfg)]), top,
-                         pipeline.cfg["export"])
+                         pipeline.cfg["export"], reviewed)
     suffix = "zip" if fmt == "cvat" else "json"
     out = out or session.work_dir / "review" / "export" / f"review_{fmt}.{suffix}"
-    paths = export_review(items, pipeline.dataset.class_names, fmt, out, image_url_prefix)
+    setup = None
+    if fmt == "labelstudio" and image_url_prefix is None:
+        image_url_prefix, *setup = local_files_setup(pipeline.dataset.image_dir)
+    paths = export_review(items, pipeline.dataset.class_names, fmt, out, image_url_prefix or "")
     n = sum(len(i["instances"]) for i in items)
-    click.echo(f"review queue: {len(items)} images, {n} instances, least confident first "
-               f"(confidence {items[0]['confidence']:.3f} .. {items[-1]['confidence']:.3f})" if items
-               else "review queue: no images")
+    again = sum(i["reviewed"] for i in items)
+    click.echo((f"review queue: {len(items)} images, {n} instances, least confident first "
+                f"(confidence {items[0]['confidence']:.3f} .. {items[-1]['confidence']:.3f})" if items
+                else "review queue: no images")
+               + (f"; {left_out} reviewed images left out (--include-reviewed exports them)" if left_out else "")
+               + (f"; {again} of them reviewed, with their reviewed masks" if again else ""))
     for p in paths:
         click.echo(f"wrote {p}")
+    if setup:
+        root, storage = setup
+        click.echo(f"Label Studio: start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
+                   f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}, add a Local Files storage with path {storage} "
+                   f"(image URLs: {image_url_prefix}<file>)")
 
 
 @review.command("import")
 @click.argument("file", type=click.Path(path_type=Path))
+@click.option("--empty-images", type=click.Choice(["skip", "reviewed"]), default="skip", show_default=True,
+              help="COCO files and CVAT zips: an image listed without annotations is not reviewed (skip: it keeps "
+                   "its pseudo-labels), or reviewed with every object removed (reviewed). Label Studio JSON says "
+                   "which tasks were annotated.")
 @common_options
 @user_errors
-def review_import(file, **common):
-    """Store corrected annotations (COCO JSON / CVAT zip / Label Studio JSON export) for training."""
+def review_import(file, empty_images, **common):
+    """Store corrected annotations (COCO JSON, CVAT zip, Label Studio JSON export or COCO zip) for
+    training. Only images a human reviewed replace their pseudo-labels."""
+    from pipelines.dag import pseudo_masks
     from pipelines.stages.merge_review import REVIEW_STORE
     from .review.formats import DEFAULT_MAX_MEMBER_MB, read_review, store_review
     session = Session(**common)
     pipeline = session.pipeline()
     ds = pipeline.dataset
     limit = session.cfg.get("review", {}).get("max_member_mb", DEFAULT_MAX_MEMBER_MB)
-    reviewed = read_review(file, ds, ds.ids(session.cfg["data"]["infer_split"]), limit)
+    found = read_review(file, ds, ds.ids(session.cfg["data"]["infer_split"]), limit, empty_images,
+                        pipeline.out_dir(pipeline.stages[pseudo_masks(pipeline.cfg)]))
     store = session.work_dir / REVIEW_STORE
-    doc = store_review(reviewed, store, Path(file).resolve())
-    n = sum(len(v[2]) for v in reviewed.values())
-    click.echo(f"imported {len(reviewed)} reviewed images ({n} instances) from {file}; "
+    doc = store_review(found.images, store, Path(file).resolve())
+    n = sum(len(v[2]) for v in found.images.values())
+    skipped = ""
+    if found.skipped:
+        skipped = f"; {len(found.skipped)} {found.skipped_what} skipped as not reviewed (they keep their pseudo-labels)"
+        if found.skipped_what.startswith("images"):
+            skipped += "; --empty-images reviewed counts them as reviewed with every object removed"
+    click.echo(f"imported {len(found.images)} reviewed images ({n} instances) from {file}{skipped}; "
                f"{len(doc['images'])} reviewed images in {store}")
+    for note in found.notes:
+        click.echo(f"note: {note}")
     click.echo("next: wsis run (merge_review and train_seg re-run on them)")
 
 

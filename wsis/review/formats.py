@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import re
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, unquote
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -37,31 +39,45 @@ from .polygons import check_polygon, mask_to_polygons, polygons_to_mask
 FORMATS = ("cvat", "labelstudio", "coco")
 LS_FROM, LS_TO = "label", "image"
 LS_REGION = re.compile(r"^wsis(\d+)_\d+$")   # our region ids: wsis<instance>_<part>
+LS_LOCAL_FILES = "/data/local-files/?d="   # Label Studio's local-files URLs
 LS_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
-CVAT_MEMBER = "annotations/instances_default.json"
+CVAT_MEMBER = "annotations/instances_default.json"          # what wsis writes
+CVAT_MEMBERS = re.compile(r"annotations/instances_[^/]+\.json")  # what CVAT writes: one per subset
+LS_COCO_MEMBERS = ("result.json", "result_coco.json")            # Label Studio's COCO zips
 DEFAULT_MAX_MEMBER_MB = 256.0    # review.max_member_mb when the config has no such key
 
 
 # ------------------------------------------------------------------------------ export
-def review_items(queue: dict, dataset, ins_dir: Path, top: int | None, export_cfg: dict) -> list[dict]:
+def review_items(queue: dict, dataset, ins_dir: Path, top: int | None, export_cfg: dict,
+                 reviewed: dict | None = None) -> list[dict]:
     """The first ``top`` images of the queue (all when None) with their pseudo-instances: those
     the COCO export holds (``export_cfg``, wsis.coco.exported), so that what a reviewer deletes
-    or keeps is what training would have read."""
+    or keeps is what training would have read. An image in ``reviewed`` (the review store's
+    images) comes with its reviewed instances instead (score and confidence 1), marked
+    ``reviewed``: a second review starts from the first."""
     from wsis.coco import exported
     from wsis.io import read_npz
     from .queue import instance_masks
+    reviewed = reviewed or {}
     items = []
     for entry in queue["images"][:top]:
         image_id = entry["id"]
-        z = read_npz(Path(ins_dir) / f"{image_id}.npz")
-        masks = instance_masks(z)
         path = dataset.image_path(image_id)
-        h, w = z["instances"].shape
-        items.append({"id": image_id, "path": path, "file_name": str(path.relative_to(dataset.image_dir)),
-                      "height": h, "width": w, "confidence": entry["confidence"],
-                      "instances": [(masks[i["index"] - 1], i["class"], i["score"], i["confidence"])
-                                    for i in entry["instances"]
-                                    if exported(i["score"], int(masks[i["index"] - 1].sum()), export_cfg)]})
+        item = {"id": image_id, "path": path, "file_name": path.relative_to(dataset.image_dir).as_posix(),
+                "confidence": entry["confidence"], "reviewed": image_id in reviewed}
+        if image_id in reviewed:
+            done = reviewed[image_id]
+            item.update(height=done["height"], width=done["width"],
+                        instances=[(rle_decode(i["segmentation"]), i["class"], 1.0, 1.0) for i in done["instances"]])
+        else:
+            z = read_npz(Path(ins_dir) / f"{image_id}.npz")
+            masks = instance_masks(z)
+            h, w = z["instances"].shape
+            item.update(height=h, width=w,
+                        instances=[(masks[i["index"] - 1], i["class"], i["score"], i["confidence"])
+                                   for i in entry["instances"]
+                                   if exported(i["score"], int(masks[i["index"] - 1].sum()), export_cfg)])
+        items.append(item)
     return items
 
 
@@ -74,7 +90,7 @@ def coco_document(items: list[dict], class_names, polygons: bool) -> dict:
     images, anns = [], []
     for k, item in enumerate(items, start=1):
         images.append({"id": k, "file_name": item["file_name"], "height": item["height"], "width": item["width"],
-                       "wsis_id": item["id"], "confidence": item["confidence"]})
+                       "wsis_id": item["id"], "confidence": item["confidence"], "reviewed": item["reviewed"]})
         for mask, cls, score, conf in item["instances"]:
             rings = mask_to_polygons(mask) if polygons else []
             ann = {"id": len(anns) + 1, "image_id": k, "category_id": int(cls) + 1, "iscrowd": 0,
@@ -95,6 +111,22 @@ def labelstudio_config(class_names) -> str:
             f"{labels}\n  </PolygonLabels>\n</View>\n")
 
 
+def image_url(file_name: str, prefix: str) -> str:
+    """``prefix`` plus the URL-encoded path (``my photo #1.jpg`` -> ``my%20photo%20%231.jpg``;
+    ``/`` kept): Label Studio's local-files view takes it as a query value, where a bare ``#``,
+    ``&``, ``+`` or space would end or change it."""
+    return prefix + quote(file_name, safe="/")
+
+
+def local_files_setup(image_dir: Path) -> tuple[str, Path, Path]:
+    """Label Studio local files that work: (URL prefix, document root, storage path). Label
+    Studio refuses a local storage whose path is its LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, so
+    the document root is the folder above the dataset's image folder, the storage is the image
+    folder, and ``?d=`` names the image folder before the file."""
+    image_dir = Path(image_dir).resolve()
+    return f"{LS_LOCAL_FILES}{quote(image_dir.name, safe='')}/", image_dir.parent, image_dir
+
+
 def labelstudio_tasks(items: list[dict], class_names, image_url_prefix: str) -> list[dict]:
     tasks = []
     for item in items:
@@ -108,7 +140,8 @@ def labelstudio_tasks(items: list[dict], class_names, image_url_prefix: str) -> 
                                "type": "polygonlabels", "original_width": w, "original_height": h,
                                "image_rotation": 0, "score": float(score),
                                "value": {"points": points, "polygonlabels": [class_names[cls]], "closed": True}})
-        tasks.append({"data": {"image": image_url_prefix + item["file_name"], "wsis_id": item["id"]},
+        tasks.append({"data": {"image": image_url(item["file_name"], image_url_prefix), "wsis_id": item["id"],
+                               "reviewed": item["reviewed"]},
                       "predictions": [{"model_version": "wsis", "score": float(item["confidence"]),
                                        "result": result}]})
     return tasks
@@ -137,6 +170,22 @@ def export_review(items: list[dict], class_names, fmt: str, out: Path, image_url
 
 
 # ------------------------------------------------------------------------------ import
+EMPTY_IMAGES = ("skip", "reviewed")   # --empty-images: what an image without annotations in a COCO file is
+LS_COCO_CONTRIBUTORS = ("Label Studio", "Label Studio Converter")   # info.contributor of its COCO exports
+PART_TOLERANCE = 0.51   # px: a Label Studio COCO polygon within this of an exported part is that part unchanged
+
+
+@dataclass
+class ReviewFile:
+    """What a review file holds: ``images`` {image id: (height, width, [(mask, class index)])}
+    of the images a human reviewed; ``skipped``, the ids of the images it lists that count as
+    not reviewed, and ``skipped_what``, what they are; ``notes``, lines for the user."""
+    images: dict[str, tuple] = field(default_factory=dict)
+    skipped: set = field(default_factory=set)
+    skipped_what: str = "images"
+    notes: list[str] = field(default_factory=list)
+
+
 class ImageIndex:
     """Resolve a file name from a review tool to a dataset image id."""
 
@@ -144,18 +193,29 @@ class ImageIndex:
         self.dataset = dataset
         self.by_path, self.by_base = {}, {}
         for image_id in ids:
-            rel = str(dataset.image_path(image_id).relative_to(dataset.image_dir))
+            rel = dataset.image_path(image_id).relative_to(dataset.image_dir).as_posix()
             self.by_path[rel] = image_id
             self.by_base.setdefault(Path(rel).name, []).append(image_id)
 
     def resolve(self, name: str) -> str | None:
-        name = name.split("?d=")[-1]          # Label Studio local-files URLs
-        if name in self.by_path:
-            return self.by_path[name]
-        for rel, image_id in self.by_path.items():
-            if name.endswith("/" + rel):
+        """The image a tool's name for it means: the name as given, else URL-decoded (Label
+        Studio URLs are); a Label Studio local-files URL by its ``?d=`` path; a path by its
+        longest tail that is an image's path relative to the image folder; else by its unique
+        base name, also without Label Studio's upload prefix."""
+        for candidate in dict.fromkeys((name, unquote(name))):
+            image_id = self._resolve(candidate)
+            if image_id is not None:
                 return image_id
-        base = Path(name).name
+        return None
+
+    def _resolve(self, name: str) -> str | None:
+        name = name.split("?d=")[-1]          # Label Studio local-files URLs
+        parts = [p for p in name.replace("\\", "/").split("/") if p]
+        for k in range(len(parts)):
+            image_id = self.by_path.get("/".join(parts[k:]))
+            if image_id is not None:
+                return image_id
+        base = parts[-1] if parts else name
         for candidate in (base, LS_UPLOAD_PREFIX.sub("", base)):
             hits = self.by_base.get(candidate, [])
             if len(hits) == 1:
@@ -190,6 +250,8 @@ def positive_int(value) -> bool:
 def _decode_segmentation(seg, h: int, w: int, where: str) -> np.ndarray:
     from pycocotools import mask as mask_utils
     if isinstance(seg, list):
+        if not seg:
+            raise DataError(f"{where}: segmentation is empty (a box without a mask? wsis imports masks only)")
         for ring in seg:
             problem = check_polygon(ring)
             if problem:
@@ -220,22 +282,63 @@ def _image_entry(index: ImageIndex, name, size, where: str) -> tuple[str, int, i
     return image_id, h, w
 
 
-def _read_coco(doc: dict, path: Path, index: ImageIndex, class_names) -> dict[str, tuple]:
+class ExportedParts:
+    """The polygons the review export gave each image's pseudo-instances (polygons.py), for
+    regrouping the parts of an instance that Label Studio's COCO export writes as separate
+    annotations: {image id: [(instance number, class index, [(n, 2) ring])]}, instances of
+    two parts or more only."""
+
+    def __init__(self, ins_dir: Path | None):
+        self.ins_dir = Path(ins_dir) if ins_dir is not None else None
+        self.cache: dict[str, list] = {}
+
+    def __call__(self, image_id: str) -> list:
+        if image_id not in self.cache:
+            found = []
+            path = self.ins_dir / f"{image_id}.npz" if self.ins_dir is not None else None
+            if path is not None and path.is_file():
+                from wsis.io import read_npz
+                from .queue import instance_masks
+                z = read_npz(path)
+                for n, (mask, cls) in enumerate(zip(instance_masks(z), z["classes"]), start=1):
+                    rings = [np.asarray(r, np.float64).reshape(-1, 2) for r in mask_to_polygons(mask)]
+                    if len(rings) > 1:
+                        found.append((n, int(cls), rings))
+            self.cache[image_id] = found
+        return self.cache[image_id]
+
+
+def _part_of(ring, cls: int, parts: list) -> tuple[int, int] | None:
+    """(instance number, part) of the exported part that ``ring`` is unchanged, or None."""
+    xy = np.asarray(ring, np.float64).reshape(-1, 2)
+    for n, c, rings in parts:
+        if c != cls:
+            continue
+        for k, r in enumerate(rings):
+            if r.shape == xy.shape and np.abs(r - xy).max() <= PART_TOLERANCE:
+                return n, k
+    return None
+
+
+def _read_coco(doc: dict, where_file: str, index: ImageIndex, class_names, empty_images: str,
+               parts: ExportedParts | None) -> ReviewFile:
     cats = {}
-    for k, c in enumerate(objects(doc.get("categories", []), str(path), "categories")):
+    for k, c in enumerate(objects(doc.get("categories", []), where_file, "categories")):
         if not is_id(c.get("id")):
-            raise DataError(f"{path}: category #{k} ({short(c.get('name'))}): id must be a number or string, "
+            raise DataError(f"{where_file}: category #{k} ({short(c.get('name'))}): id must be a number or string, "
                             f"got {short(c.get('id'))}")
         if c.get("name") not in class_names:
-            raise DataError(f"{path}: category {c.get('id')}: unknown category '{c.get('name')}' "
+            raise DataError(f"{where_file}: category {c.get('id')}: unknown category '{c.get('name')}' "
                             f"(classes: {', '.join(class_names)})")
         cats[c["id"]] = class_names.index(c["name"])
+    info = doc.get("info")
+    label_studio = isinstance(info, dict) and info.get("contributor") in LS_COCO_CONTRIBUTORS
     images = {}
-    for k, im in enumerate(objects(doc["images"], str(path), "images")):
+    for k, im in enumerate(objects(doc["images"], where_file, "images")):
         if not is_id(im.get("id")):
-            raise DataError(f"{path}: image #{k} ({short(im.get('file_name'))}): id must be a number or string, "
-                            f"got {short(im.get('id'))}")
-        where = f"{path}: image {im['id']}"
+            raise DataError(f"{where_file}: image #{k} ({short(im.get('file_name'))}): id must be a number or "
+                            f"string, got {short(im.get('id'))}")
+        where = f"{where_file}: image {im['id']}"
         if im["id"] in images:
             raise DataError(f"{where}: the id is given twice")
         given = [key for key in ("width", "height") if key in im]
@@ -246,41 +349,82 @@ def _read_coco(doc: dict, path: Path, index: ImageIndex, class_names) -> dict[st
                             f"got {short(im['width'])} x {short(im['height'])}")
         images[im["id"]] = _image_entry(index, im.get("file_name"), (im["width"], im["height"]) if given else None,
                                         where)
-    reviewed = {image_id: (h, w, []) for image_id, h, w in images.values()}
-    for k, a in enumerate(objects(doc.get("annotations", []), str(path), "annotations")):
-        where = f"{path}: annotation {a['id'] if is_id(a.get('id')) else f'#{k}'}"
+    found: dict = {key: [] for key in images}      # COCO image id -> [(mask, class, ring or None)]
+    for k, a in enumerate(objects(doc.get("annotations", []), where_file, "annotations")):
+        where = f"{where_file}: annotation {a['id'] if is_id(a.get('id')) else f'#{k}'}"
         if not is_id(a.get("image_id")) or a["image_id"] not in images:
             raise DataError(f"{where}: unknown image_id {short(a.get('image_id'))}")
         if not is_id(a.get("category_id")) or a["category_id"] not in cats:
             raise DataError(f"{where}: unknown category_id {short(a.get('category_id'))}")
         image_id, h, w = images[a["image_id"]]
-        mask = _decode_segmentation(a.get("segmentation"), h, w, where)
-        if mask.any():
-            reviewed[image_id][2].append((mask, cats[a["category_id"]]))
-    return reviewed
+        seg = a.get("segmentation")
+        mask = _decode_segmentation(seg, h, w, where)
+        found[a["image_id"]].append((mask, cats[a["category_id"]], seg[0] if isinstance(seg, list) and len(seg) == 1
+                                     else None))
+    result = ReviewFile(skipped_what="images without annotations")
+    taken: dict[str, object] = {}                  # dataset image id -> COCO image id that reviewed it
+    regrouped = 0
+    for key, anns in found.items():
+        image_id, h, w = images[key]
+        if not anns and empty_images != "reviewed":
+            result.skipped.add(image_id)           # nobody said it was reviewed: keeps its pseudo-labels
+            continue
+        if image_id in taken:
+            hint = (" (Label Studio writes an image per annotation: the task was annotated twice; its JSON export "
+                    "says which annotation is the latest)" if label_studio else "")
+            raise DataError(f"{where_file}: images {taken[image_id]} and {key} are both "
+                            f"'{index.dataset.image_path(image_id).name}', and both reviewed{hint}")
+        taken[image_id] = key
+        groups: dict = {}
+        for j, (mask, cls, ring) in enumerate(anns):
+            part = _part_of(ring, cls, parts(image_id)) if label_studio and parts is not None and ring else None
+            groups.setdefault(("part", part[0]) if part else ("alone", j), []).append((mask, cls))
+        instances = []
+        for group in groups.values():
+            if len(group) > 1:
+                regrouped += len(group)
+            instances.append((np.logical_or.reduce([m for m, _ in group]), group[0][1]))
+        result.images[image_id] = (h, w, [(m, c) for m, c in instances if m.any()])
+    result.skipped -= result.images.keys()
+    if regrouped:
+        result.notes.append(f"{where_file}: {regrouped} polygons regrouped into the multi-part instances they are "
+                            f"unchanged parts of (Label Studio's COCO export keeps no region ids; its JSON export "
+                            f"keeps edited multi-part instances whole too)")
+    return result
 
 
 def _latest_annotation(task: dict, where: str) -> dict | None:
-    done = [a for a in objects(task.get("annotations", []), where, "annotations") if not a.get("was_cancelled")]
-    return done[-1] if done else None
+    """The task's latest annotation that was neither cancelled nor skipped, or None."""
+    done = [(str(a.get("updated_at") or a.get("created_at") or ""), k, a)
+            for k, a in enumerate(objects(task.get("annotations", []), where, "annotations"))
+            if not (a.get("was_cancelled") or a.get("skipped"))]
+    return max(done, key=lambda d: d[:2])[2] if done else None
 
 
-def _read_labelstudio(tasks: list, path: Path, index: ImageIndex, class_names) -> dict[str, tuple]:
-    reviewed = {}
+def _read_labelstudio(tasks: list, path: Path, index: ImageIndex, class_names) -> ReviewFile:
+    result = ReviewFile(skipped_what="tasks without a finished annotation")
+    by_task: dict[str, str] = {}
     for t, task in enumerate(objects(tasks, str(path), "task")):
         where_task = f"{path}: task {task['id'] if is_id(task.get('id')) else t}"
-        ann = _latest_annotation(task, where_task)
-        if ann is None:
-            continue       # not reviewed yet: keeps its pseudo-labels
         data = task.get("data", {})
         if not isinstance(data, dict):
             raise DataError(f"{where_task}: data must be an object, got {short(data)}")
+        ann = _latest_annotation(task, where_task)
+        if ann is None:     # not reviewed yet (no annotation, or cancelled / skipped): keeps its pseudo-labels
+            image_id = index.resolve(data["image"]) if isinstance(data.get("image"), str) else None
+            result.skipped.add(image_id if image_id is not None else where_task)
+            continue
         image_id, h, w = _image_entry(index, data.get("image"), None, where_task)
+        if image_id in by_task:
+            raise DataError(f"{where_task}: its image '{data['image']}' is also {by_task[image_id]}'s, and both "
+                            f"tasks are annotated; keep one")
+        by_task[image_id] = where_task.split(": ", 1)[1]
         groups: dict[str, list] = {}
         for r, region in enumerate(objects(ann.get("result", []), where_task, "result")):
-            if region.get("type") != "polygonlabels":
-                continue
             where = f"{where_task} region {region['id'] if is_id(region.get('id')) else r}"
+            if region.get("type") != "polygonlabels":
+                raise DataError(f"{where}: a {short(region.get('type'))} region; wsis imports polygonlabels regions "
+                                f"only (the labelling config of wsis review export)")
             value = region.get("value", {})
             if not isinstance(value, dict):
                 raise DataError(f"{where}: value must be an object, got {short(value)}")
@@ -300,33 +444,93 @@ def _read_labelstudio(tasks: list, path: Path, index: ImageIndex, class_names) -
             key = f"wsis{match.group(1)}" if match else f"region{r}"
             groups.setdefault(key, [labels[0], []])[1].append(ring)
         instances = [(polygons_to_mask(rings, h, w), class_names.index(name)) for name, rings in groups.values()]
-        reviewed[image_id] = (h, w, [(m, c) for m, c in instances if m.any()])
-    return reviewed
+        result.images[image_id] = (h, w, [(m, c) for m, c in instances if m.any()])
+    result.skipped -= result.images.keys()
+    return result
 
 
-def read_review(path: Path, dataset, ids, max_member_mb: float = DEFAULT_MAX_MEMBER_MB) -> dict[str, tuple]:
-    """{image id: (height, width, [(mask, class index)])} of a reviewed file; every entry is
-    checked here, before anything is stored."""
-    path = Path(path)
+def _is_json_min(doc) -> bool:
+    """Label Studio's JSON-MIN export: a list of flat records (the task's data keys, ``id``,
+    ``annotator``, ``annotation_id``, one key per control) instead of tasks with ``data``."""
+    return (isinstance(doc, list) and any(isinstance(t, dict) for t in doc)
+            and all("data" not in t and "annotations" not in t and "predictions" not in t
+                    and ({"annotator", "annotation_id", "lead_time", LS_FROM, "image"} & set(t))
+                    for t in doc if isinstance(t, dict)))
+
+
+def _parse_json(data: bytes, where: str):
     try:
-        doc = zip_document(path, max_member_mb) if path.suffix == ".zip" else read_json(path)
-    except (zipfile.BadZipFile, KeyError) as e:
-        raise DataError(f"{path}: not a CVAT COCO 1.0 zip ({e})") from None
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{where}: not JSON ({e})") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply") from None
+
+
+def _documents(path: Path, max_member_mb: float) -> list[tuple[str, object]]:
+    """[(where, parsed JSON)] of a review file: the file itself, or the COCO members of a zip."""
+    try:
+        if zipfile.is_zipfile(path):
+            return [(f"{path}: {member}", _parse_json(data, f"{path}: {member}"))
+                    for member, data in zip_members(path, max_member_mb)]
+        with open(path, "rb") as f:
+            return [(str(path), _parse_json(f.read(), str(path)))]
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: a directory, not a review file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not JSON ({e})") from None
-    except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply") from None
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{path}: a damaged zip ({e})") from None
+
+
+def read_review(path: Path, dataset, ids, max_member_mb: float = DEFAULT_MAX_MEMBER_MB,
+                empty_images: str = "skip", ins_dir: Path | None = None) -> ReviewFile:
+    """The reviewed images of a review file; every entry is checked here, before anything is
+    stored. An image counts as reviewed only where the file says a human reviewed it: a Label
+    Studio task by its latest annotation that was not cancelled or skipped; a COCO image (CVAT,
+    Label Studio's COCO export, wsis's own) by having annotations, or, with ``empty_images`` =
+    "reviewed", every image it lists. ``ins_dir`` (the pseudo-masks) lets the parts of a
+    multi-part instance that Label Studio's COCO export splits be regrouped. A file with nothing
+    reviewed in it is an error: an import that imports nothing must not look like one that did."""
+    path = Path(path)
+    if empty_images not in EMPTY_IMAGES:
+        raise DataError(f"--empty-images {empty_images}: choose from {', '.join(EMPTY_IMAGES)}")
+    docs = _documents(path, max_member_mb)
     index = ImageIndex(dataset, ids)
     names = list(dataset.class_names)
-    if isinstance(doc, dict) and "images" in doc:
-        return _read_coco(doc, path, index, names)
-    if isinstance(doc, list):
-        return _read_labelstudio(doc, path, index, names)
-    raise DataError(f"{path}: neither a COCO instances file nor a Label Studio JSON export")
+    parts = ExportedParts(ins_dir)
+    total = ReviewFile()
+    origin: dict[str, str] = {}
+    for where, doc in docs:
+        if isinstance(doc, dict) and "images" in doc:
+            part = _read_coco(doc, where, index, names, empty_images, parts)
+        elif _is_json_min(doc):
+            raise DataError(f"{where}: a Label Studio JSON-MIN export, which keeps neither region ids (an instance "
+                            f"in several parts would come back as several) nor, in every version, whether a task "
+                            f"was annotated; export 'JSON' instead")
+        elif isinstance(doc, list):
+            part = _read_labelstudio(doc, path, index, names)
+        else:
+            raise DataError(f"{where}: neither a COCO instances file nor a Label Studio JSON export")
+        for image_id, value in part.images.items():
+            if image_id in total.images:     # one image reviewed in two subsets of a CVAT zip
+                raise DataError(f"{path}: image '{index.dataset.image_path(image_id).name}' is reviewed both in "
+                                f"{origin[image_id]} and in {where.split(': ', 1)[-1]}; export one subset, or "
+                                f"remove the image from one")
+            total.images[image_id] = value
+            origin[image_id] = where.split(": ", 1)[-1]
+        total.skipped |= part.skipped
+        total.skipped_what = part.skipped_what
+        total.notes += part.notes
+    total.skipped -= total.images.keys()
+    if not total.images:
+        if total.skipped_what.startswith("tasks"):
+            why = f"none of its {len(total.skipped)} tasks has a finished (not cancelled or skipped) annotation"
+        else:
+            why = (f"none of its {len(total.skipped)} images has annotations, and an image without any counts as "
+                   f"not reviewed (--empty-images reviewed: the reviewer removed every object)")
+        raise DataError(f"{path}: nothing to import: {why}")
+    return total
 
 
 def backup_path(store: Path) -> Path:
@@ -366,19 +570,31 @@ def store_review(reviewed: dict[str, tuple], store: Path, source: Path) -> dict:
     return doc
 
 
-def zip_document(path: Path, max_member_mb: float = DEFAULT_MAX_MEMBER_MB) -> dict:
-    """The COCO document inside a CVAT zip. Its member is read only up to ``max_member_mb``
-    (``review.max_member_mb``): a small zip can inflate to gigabytes, and neither the size it
-    declares nor the compression ratio can be trusted, so the limit holds while inflating."""
+def zip_members(path: Path, max_member_mb: float = DEFAULT_MAX_MEMBER_MB) -> list[tuple[str, bytes]]:
+    """The COCO members of a review zip, as (name, bytes): a CVAT "COCO 1.0" zip's
+    ``annotations/instances_<subset>.json`` (each subset its own), else a Label Studio COCO
+    zip's ``result.json``. Each is read only up to ``max_member_mb`` (``review.max_member_mb``):
+    a small zip can inflate to gigabytes, and neither the size it declares nor the compression
+    ratio can be trusted, so the limit holds while inflating."""
     limit = int(max_member_mb * 2**20)
     with zipfile.ZipFile(path) as z:
-        info = z.getinfo(CVAT_MEMBER)
-        too_big = DataError(f"{path}: {CVAT_MEMBER} inflates to more than {max_member_mb:g} MiB "
-                            f"(review.max_member_mb); raise the limit if the file is genuine")
-        if info.file_size > limit:
-            raise too_big
-        with z.open(info) as member:
-            data = member.read(limit + 1)
-        if len(data) > limit:
-            raise too_big
-    return json.loads(data)
+        names = z.namelist()
+        members = sorted(n for n in names if CVAT_MEMBERS.fullmatch(n))
+        if not members:
+            members = [n for n in LS_COCO_MEMBERS if n in names][:1]
+        if not members:
+            raise DataError(f"{path}: neither a CVAT COCO 1.0 zip (annotations/instances_<subset>.json) nor a Label "
+                            f"Studio COCO zip (result.json)")
+        out = []
+        for name in members:
+            info = z.getinfo(name)
+            too_big = DataError(f"{path}: {name} inflates to more than {max_member_mb:g} MiB "
+                                f"(review.max_member_mb); raise the limit if the file is genuine")
+            if info.file_size > limit:
+                raise too_big
+            with z.open(info) as member:
+                data = member.read(limit + 1)
+            if len(data) > limit:
+                raise too_big
+            out.append((name, data))
+    return out

@@ -94,3 +94,11 @@ def order_figures(queue: dict, fraction: float = 0.1) -> dict | None:
     first, last = conf.first_last_fraction(quality, fraction)
     return {"images": len(quality), "fraction": fraction, "first_mean_iou": first, "last_mean_iou": last,
             "all_mean_iou": float(np.mean(quality))}
+
+
+def mark_reviewed(queue: dict, reviewed) -> dict:
+    """Mark each image of ``queue`` ``"reviewed": true`` when it is in ``reviewed`` (the review
+    store's image ids), else false; returns the queue."""
+    for entry in queue["images"]:
+        entry["reviewed"] = entry["id"] in reviewed
+    return queue
