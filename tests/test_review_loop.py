@@ -398,3 +398,27 @@ def test_the_atomic_writer_follows_the_umask(tmp_path):
                                                                                          "b.npz": 0o640}
     finally:
         os.umask(old)
+
+
+def test_coco_dataset_urls_name_the_images_folder(tmp_path):
+    """COCO layout: the images folder (train2017 here) is the storage, the folder above it the
+    document root; file names may hold sub-folders and characters a URL must encode."""
+    from wsis.data.coco import open_coco
+    images = tmp_path / "coco" / "train 2017"
+    names = ["x/000 #7.jpg", "b&c.jpg"]
+    for name in names:
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 6)).save(images / name)
+    ann = tmp_path / "coco" / "instances.json"
+    ann.write_text(json.dumps({"images": [{"id": k + 1, "file_name": n, "height": 6, "width": 8}
+                                          for k, n in enumerate(names)],
+                               "annotations": [], "categories": [{"id": 1, "name": "disc"}]}))
+    coco = open_coco(images, ann, [])
+    prefix, document_root, storage = local_files_setup(coco.image_dir)
+    assert prefix == "/data/local-files/?d=train%202017/" and document_root == (tmp_path / "coco").resolve()
+    ids = [i for split in coco.splits.values() for i in split]
+    index = ImageIndex(coco, ids)
+    for image_id in set(ids):
+        rel = coco.image_path(image_id).relative_to(coco.image_dir).as_posix()
+        url = image_url(rel, prefix)
+        assert serves(url, document_root, storage) and index.resolve(url) == image_id, url
