@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.engine import MANIFEST, damaged_outputs, record_outputs  # noqa: E402
+from pipelines.cache import MANIFEST, damaged_outputs, record_outputs  # noqa: E402
 from wsis.io import file_sha256, quick_hash, read_json, write_json  # noqa: E402
 
 

@@ -15,7 +15,7 @@ from wsis.io import read_json_or_none, write_json
 from wsis.checkpoint import UnreadableCheckpoint, load_checkpoint, poly_lr, save_checkpoint
 
 from . import distributed
-from .engine import PROGRESS, Job
+from .job import PROGRESS, Job
 
 CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.previous.pt"   # the epoch before: resumed from when the last is damaged

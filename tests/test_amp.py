@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.engine import Job
+from pipelines.job import Job
 from pipelines.trainer import CHECKPOINT_FILE, Precision, run_training
 from wsis.errors import ConfigError
 from wsis.models.backbone import ResNetStages

@@ -181,7 +181,7 @@ def test_21_5_workers_are_capped_at_the_cpus(tiny_data, tiny_run, tmp_path):
     cpus = os.cpu_count()
     assert (f"wsis: note: 1000 workers asked for (--workers or run.workers), but this machine has {cpus} CPUs; "
             f"using {cpus}") in proc.stderr
-    from pipelines.engine import DaskRunner
+    from pipelines.runner import DaskRunner
     from wsis.cli import capped_workers
     assert DaskRunner(None, capped_workers(1000), "cpu").local_workers() == cpus
 

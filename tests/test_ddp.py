@@ -92,7 +92,7 @@ def _rank_main(rank, world, init_file, out_dir):
     import torch.distributed as dist
 
     import pipelines.trainer as training
-    from pipelines.engine import Job
+    from pipelines.job import Job
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     writes = []
     original = training.save_checkpoint

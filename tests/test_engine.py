@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.engine import (Job, Pipeline, Stage, damaged_outputs, record_outputs, stale_reason,
-                              task_job)
+from pipelines.cache import damaged_outputs, record_outputs, stale_reason
+from pipelines.engine import Pipeline, Stage
+from pipelines.job import Job
+from pipelines.runner import task_job
 from wsis.data import Dataset
 from wsis.errors import WsisError
 from wsis.io import write_bytes, write_json

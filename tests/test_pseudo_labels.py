@@ -6,7 +6,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from conftest import tiny_args, wsis
-from pipelines.engine import Job
+from pipelines.job import Job
 from pipelines.stages import export, ins_seg, ir_label, irn_infer, sem_seg
 from wsis.config import load_config
 from wsis.data import open_dataset

@@ -54,7 +54,7 @@ def test_mean_displacement_uses_top_left_crops_of_the_given_images(tmp_path):
     import numpy as np
     import torch
 
-    from pipelines.engine import Job
+    from pipelines.job import Job
     from pipelines.stages.train_irn import mean_displacement
 
     images = {"t1": np.full((40, 30, 3), 10, np.uint8), "t2": np.zeros((20, 50, 3), np.uint8),

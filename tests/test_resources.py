@@ -5,7 +5,9 @@ GPU on CUDA. No GPU is needed: the device is only named here."""
 import os
 
 from pipelines.dag import STAGES
-from pipelines.engine import DaskRunner, Job, Stage
+from pipelines.engine import Stage
+from pipelines.job import Job
+from pipelines.runner import DaskRunner
 from wsis.data import Dataset
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import wsis
 from pipelines import trainer
-from pipelines.engine import Job
+from pipelines.job import Job
 from test_faults import one_line_error
 from wsis.checkpoint import UnreadableCheckpoint, load_checkpoint, save_checkpoint
 from wsis.errors import WsisError

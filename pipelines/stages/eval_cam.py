@@ -8,7 +8,7 @@ from wsis.io import read_npz, write_json
 from wsis.algorithms.labels import resize_scores, scores_to_label
 from wsis.metrics import confusion_matrix, iou_from_confusion, mean_iou
 
-from ..engine import METRICS, Job
+from ..job import METRICS, Job
 
 SWEEP = tuple(float(t) for t in np.round(np.arange(0.05, 1.0, 0.05), 2))
 

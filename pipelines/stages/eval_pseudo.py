@@ -8,7 +8,7 @@ from wsis.coco import annotation, coco_evaluate, image_entries, write_instances
 from wsis.io import read_json, read_label_png, read_npz, write_json
 from wsis.metrics import InstanceAP, confusion_matrix, iou_from_confusion, mean_ap, mean_iou
 
-from ..engine import METRICS, Job
+from ..job import METRICS, Job
 from .export import EXPORT_FILE, instance_dir
 
 

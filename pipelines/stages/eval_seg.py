@@ -14,7 +14,7 @@ from wsis.errors import DataError
 from wsis.io import write_json
 from wsis.metrics import mean_ap
 
-from ..engine import METRICS, Job
+from ..job import METRICS, Job
 from .eval_pseudo import score_instances
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from wsis.coco import annotation, exported, image_entries, write_instances
 from wsis.io import read_npz, write_json
 
-from ..engine import Job
+from ..job import Job
 
 EXPORT_FILE = "pseudo_labels.json"
 

@@ -8,7 +8,7 @@ from wsis.algorithms.instances import synthesize_instances
 from wsis.algorithms.margins import instance_margins
 from wsis.io import write_npz
 
-from ..engine import Job
+from ..job import Job
 from .sem_seg import irn_outputs
 
 

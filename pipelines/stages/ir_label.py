@@ -7,7 +7,7 @@ import numpy as np
 from wsis.algorithms.relations import relation_labels
 from wsis.io import read_npz, write_label_png
 
-from ..engine import Job
+from ..job import Job
 
 
 def process(job: Job, ids: list[str]) -> None:

@@ -9,7 +9,7 @@ from wsis.io import read_npz, write_npz
 from wsis.models.backbone import fold_frozen_batchnorm
 from wsis.models.irn import irn_inference
 
-from ..engine import Job
+from ..job import Job
 from . import load_cached, train_irn
 
 

@@ -8,7 +8,7 @@ from wsis.io import write_npz
 from wsis.models.backbone import fold_frozen_batchnorm
 from wsis.models.cam import multiscale_cam
 
-from ..engine import Job
+from ..job import Job
 from . import load_cached, train_cam
 
 

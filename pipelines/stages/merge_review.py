@@ -13,7 +13,7 @@ from wsis.io import read_json, write_json
 from wsis.review.confidence import match_instances
 from wsis.review.formats import read_store
 
-from ..engine import METRICS, Job
+from ..job import METRICS, Job
 from .export import EXPORT_FILE
 
 REVIEW_STORE = "review/reviewed.json"   # under the work dir; written by `wsis review import`

@@ -17,7 +17,9 @@ from wsis.report import gallery, plots
 from wsis.report.html import write_report
 from wsis.review.queue import QUEUE_FILE, ModelAgreement, build_queue, instance_masks, order_figures
 
-from ..engine import MANIFEST, METRICS, Job, Pipeline
+from ..cache import MANIFEST
+from ..engine import Pipeline
+from ..job import METRICS, Job
 from ..trainer import LOSS_HISTORY_FILE
 from .export import EXPORT_FILE, instance_dir
 

@@ -10,7 +10,7 @@ from wsis.algorithms import sam_prompts as sp
 from wsis.algorithms.instances import find_centroids
 from wsis.io import processing_size, read_npz, write_npz
 
-from ..engine import Job
+from ..job import Job
 from .irn_infer import read_irn_outputs
 
 _MODEL: dict = {}   # per worker process: (checkpoint, its identity, model_type, device) -> model

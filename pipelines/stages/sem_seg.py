@@ -8,7 +8,7 @@ from wsis.algorithms.labels import scores_to_label, upsample_normalised
 from wsis.algorithms.random_walk import random_walk
 from wsis.io import read_npz, write_label_png
 
-from ..engine import Job
+from ..job import Job
 from .irn_infer import read_irn_outputs
 
 

@@ -11,7 +11,7 @@ from wsis.models.cam import CAMNet
 from wsis.checkpoint import load_checkpoint
 from wsis.transforms import cam_train_augment
 
-from ..engine import Job
+from ..job import Job
 from ..trainer import finish_training, run_training, sgd, stack_samples
 
 MODEL_FILE = "model.pt"

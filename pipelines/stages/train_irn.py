@@ -15,7 +15,7 @@ from wsis.checkpoint import load_checkpoint
 from wsis.transforms import irn_train_augment
 
 from .. import distributed
-from ..engine import Job
+from ..job import Job
 from ..trainer import finish_training, run_training, sgd, stack_samples
 from . import train_cam
 

@@ -14,7 +14,7 @@ from wsis.models.backbone import LOAD_LATER
 from wsis.models.registry import build_instance_model, load_instance_model
 from wsis.data.seg_data import CocoInstances
 
-from ..engine import Job
+from ..job import Job
 from ..trainer import finish_training, make_optimizer, run_training
 from . import train_cam
 from .merge_review import MERGED_FILE
