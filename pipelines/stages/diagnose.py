@@ -31,7 +31,8 @@ from wsis.errors import ConfigError, WsisError
 from wsis.io import read_npz, write_bytes, write_json, write_label_png
 from wsis.metrics import InstanceAP, mean_ap
 
-from ..engine import Job, Pipeline
+from ..engine import Pipeline
+from ..job import Job
 from ..progress import Progress, say
 from .irn_infer import read_irn_outputs
 
