@@ -388,8 +388,10 @@ def test_a_failed_import_leaves_the_store_byte_identical(tiny_data, run_copy, tm
     store = run_copy / "review" / "reviewed.json"
     first = tmp_path / "first.json"
     first.write_text(json.dumps(exported_coco(tiny_data, run_copy, tmp_path, top=2)))
-    # the least confident images may have no pseudo-instance: reviewed and empty, said so
-    wsis("review", "import", first, "--empty-images", "reviewed", *tiny_args(tiny_data, run_copy))
+    # the reviewer confirmed these images as they are, said so (the least confident ones may have
+    # no pseudo-instance)
+    wsis("review", "import", first, "--empty-images", "reviewed", "--unchanged-images", "reviewed",
+         *tiny_args(tiny_data, run_copy))
     before = store.read_bytes()
     later = exported_coco(tiny_data, run_copy, tmp_path, top=4)
 
@@ -448,7 +450,8 @@ def test_a_truncated_store_is_one_line_naming_the_last_good_one(tiny_data, run_c
     for top in (2, 4):
         path = tmp_path / f"r{top}.json"
         path.write_text(json.dumps(exported_coco(tiny_data, run_copy, tmp_path, top=top)))
-        wsis("review", "import", path, "--empty-images", "reviewed", *tiny_args(tiny_data, run_copy))
+        wsis("review", "import", path, "--empty-images", "reviewed", "--unchanged-images", "reviewed",
+             *tiny_args(tiny_data, run_copy))
         if top == 2:
             after_first = store.read_bytes()
     backup = run_copy / "review" / "reviewed.previous.json"
@@ -456,7 +459,8 @@ def test_a_truncated_store_is_one_line_naming_the_last_good_one(tiny_data, run_c
     truncated = store.read_bytes()[:100]
     store.write_bytes(truncated)
     merged = snapshot(run_copy / "merge_review")
-    for args in (("review", "import", tmp_path / "r2.json", "--empty-images", "reviewed"),
+    confirmed = ("--empty-images", "reviewed", "--unchanged-images", "reviewed")
+    for args in (("review", "import", tmp_path / "r2.json", *confirmed),
                  ("run", "--stage", "merge_review")):
         proc = wsis(*args, *tiny_args(tiny_data, run_copy), check=False)
         one_line_error(proc, f"{store}: the stored reviews are truncated", f"the last good one is {backup}")

@@ -422,3 +422,36 @@ def test_coco_dataset_urls_name_the_images_folder(tmp_path):
         rel = coco.image_path(image_id).relative_to(coco.image_dir).as_posix()
         url = image_url(rel, prefix)
         assert serves(url, document_root, storage) and index.resolve(url) == image_id, url
+
+
+# ------------------------------ point 8: a CVAT batch's untouched images are not "reviewed"
+def test_cvat_images_left_as_exported_keep_their_pseudo_labels(tiny_data, run_copy, tmp_path):
+    """CVAT exports every image of the task with whatever annotations it holds: those wsis put
+    there, on the images nobody edited. Only the edited image counts as reviewed."""
+    exported = tmp_path / "cvat.zip"
+    wsis("review", "export", "--format", "cvat", "--out", exported, *tiny_args(tiny_data, run_copy))
+    doc = json.loads(zipfile.ZipFile(exported).read("annotations/instances_default.json"))
+    by_image = {im["id"]: [a for a in doc["annotations"] if a["image_id"] == im["id"]] for im in doc["images"]}
+    with_anns = [k for k, anns in by_image.items() if anns]
+    assert len(with_anns) >= 2
+    edited = with_anns[0]
+    dropped = by_image[edited][0]["id"]
+    doc["annotations"] = [a for a in doc["annotations"] if a["id"] != dropped]      # the reviewer deletes one
+    back = cvat_zip(tmp_path / "task_3_annotations.zip", {"default": doc})
+    out = wsis("review", "import", back, *tiny_args(tiny_data, run_copy)).stdout
+    empty = len(doc["images"]) - len(with_anns)
+    assert f"imported 1 reviewed images ({len(by_image[edited]) - 1} instances)" in out, out
+    assert f"{len(with_anns) - 1} images with their exported pseudo-labels unchanged skipped" in out, out
+    assert (f"{empty} images without annotations skipped" in out) == (empty > 0), out
+    image = next(im for im in doc["images"] if im["id"] == edited)
+    images = stored(run_copy)
+    assert set(images) == {image["wsis_id"]}
+    h, w = image["height"], image["width"]
+    want = [mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(a["segmentation"], h, w))).astype(bool)
+            for a in by_image[edited][1:]]
+    got = [rle_decode(i["segmentation"]) for i in images[image["wsis_id"]]["instances"]]
+    assert len(got) == len(want) and all(np.array_equal(g, m) for g, m in zip(got, want))
+    # the reviewer says the untouched images were looked at: then all of them are reviewed
+    out = wsis("review", "import", back, "--unchanged-images", "reviewed", "--empty-images", "reviewed",
+               *tiny_args(tiny_data, run_copy)).stdout
+    assert f"imported {len(doc['images'])} reviewed images" in out and "skipped" not in out, out

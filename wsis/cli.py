@@ -382,9 +382,12 @@ def review_export(fmt, top, include_reviewed, out, image_url_prefix, **common):
               help="COCO files and CVAT zips: an image listed without annotations is not reviewed (skip: it keeps "
                    "its pseudo-labels), or reviewed with every object removed (reviewed). Label Studio JSON says "
                    "which tasks were annotated.")
+@click.option("--unchanged-images", type=click.Choice(["skip", "reviewed"]), default="skip", show_default=True,
+              help="CVAT zips and COCO files: an image whose annotations are still the exported pseudo-labels is "
+                   "not reviewed (skip), or reviewed and confirmed (reviewed).")
 @common_options
 @user_errors
-def review_import(file, empty_images, **common):
+def review_import(file, empty_images, unchanged_images, **common):
     """Store corrected annotations (COCO JSON, CVAT zip, Label Studio JSON export or COCO zip) for
     training. Only images a human reviewed replace their pseudo-labels."""
     from pipelines.dag import pseudo_masks
@@ -395,7 +398,8 @@ def review_import(file, empty_images, **common):
     ds = pipeline.dataset
     limit = session.cfg.get("review", {}).get("max_member_mb", DEFAULT_MAX_MEMBER_MB)
     found = read_review(file, ds, ds.ids(session.cfg["data"]["infer_split"]), limit, empty_images,
-                        pipeline.out_dir(pipeline.stages[pseudo_masks(pipeline.cfg)]))
+                        pipeline.out_dir(pipeline.stages[pseudo_masks(pipeline.cfg)]), pipeline.cfg["export"],
+                        unchanged_images)
     store = session.work_dir / REVIEW_STORE
     doc = store_review(found.images, store, Path(file).resolve())
     n = sum(len(v[2]) for v in found.images.values())
@@ -404,6 +408,9 @@ def review_import(file, empty_images, **common):
         skipped = f"; {len(found.skipped)} {found.skipped_what} skipped as not reviewed (they keep their pseudo-labels)"
         if found.skipped_what.startswith("images"):
             skipped += "; --empty-images reviewed counts them as reviewed with every object removed"
+    if found.unchanged:
+        skipped += (f"; {len(found.unchanged)} images with their exported pseudo-labels unchanged skipped as not "
+                    f"reviewed (--unchanged-images reviewed counts them as reviewed)")
     click.echo(f"imported {len(found.images)} reviewed images ({n} instances) from {file}{skipped}; "
                f"{len(doc['images'])} reviewed images in {store}")
     for note in found.notes:

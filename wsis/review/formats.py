@@ -172,6 +172,7 @@ def export_review(items: list[dict], class_names, fmt: str, out: Path, image_url
 # ------------------------------------------------------------------------------ import
 EMPTY_IMAGES = ("skip", "reviewed")   # --empty-images: what an image without annotations in a COCO file is
 LS_COCO_CONTRIBUTORS = ("Label Studio", "Label Studio Converter")   # info.contributor of its COCO exports
+UNCHANGED_IOU = 0.99    # a COCO mask this close to an exported pseudo-instance is that instance, unedited
 PART_TOLERANCE = 0.51   # px: a Label Studio COCO polygon within this of an exported part is that part unchanged
 
 
@@ -183,6 +184,7 @@ class ReviewFile:
     images: dict[str, tuple] = field(default_factory=dict)
     skipped: set = field(default_factory=set)
     skipped_what: str = "images"
+    unchanged: set = field(default_factory=set)   # COCO images whose annotations are the exported ones
     notes: list[str] = field(default_factory=list)
 
 
@@ -282,30 +284,73 @@ def _image_entry(index: ImageIndex, name, size, where: str) -> tuple[str, int, i
     return image_id, h, w
 
 
-class ExportedParts:
-    """The polygons the review export gave each image's pseudo-instances (polygons.py), for
-    regrouping the parts of an instance that Label Studio's COCO export writes as separate
-    annotations: {image id: [(instance number, class index, [(n, 2) ring])]}, instances of
-    two parts or more only."""
+class PseudoLabels:
+    """The pseudo-instances the review export gave each image (those the COCO export holds,
+    ``export_cfg``), read from the pseudo-mask stage's outputs: for regrouping the parts of an
+    instance that Label Studio's COCO export writes as separate annotations, and for telling an
+    image whose annotations came back unchanged (nobody edited them) from a reviewed one."""
 
-    def __init__(self, ins_dir: Path | None):
+    def __init__(self, ins_dir: Path | None, export_cfg: dict | None = None):
         self.ins_dir = Path(ins_dir) if ins_dir is not None else None
-        self.cache: dict[str, list] = {}
+        self.export_cfg = export_cfg
+        self.cache: dict[str, list | None] = {}
 
-    def __call__(self, image_id: str) -> list:
+    def instances(self, image_id: str) -> list | None:
+        """[(instance number, class index, mask, [(n, 2) ring])], or None when unknown."""
         if image_id not in self.cache:
-            found = []
             path = self.ins_dir / f"{image_id}.npz" if self.ins_dir is not None else None
+            found = None
             if path is not None and path.is_file():
+                from wsis.coco import exported
                 from wsis.io import read_npz
                 from .queue import instance_masks
                 z = read_npz(path)
-                for n, (mask, cls) in enumerate(zip(instance_masks(z), z["classes"]), start=1):
-                    rings = [np.asarray(r, np.float64).reshape(-1, 2) for r in mask_to_polygons(mask)]
-                    if len(rings) > 1:
-                        found.append((n, int(cls), rings))
+                found = []
+                for n, (mask, cls, score) in enumerate(zip(instance_masks(z), z["classes"], z["scores"]), start=1):
+                    if self.export_cfg is None or exported(float(score), int(mask.sum()), self.export_cfg):
+                        found.append((n, int(cls), mask,
+                                      [np.asarray(r, np.float64).reshape(-1, 2) for r in mask_to_polygons(mask)]))
             self.cache[image_id] = found
         return self.cache[image_id]
+
+    def __call__(self, image_id: str) -> list:
+        """[(instance number, class index, [(n, 2) ring])] of the instances in two parts or more."""
+        return [(n, c, rings) for n, c, _, rings in self.instances(image_id) or [] if len(rings) > 1]
+
+    def unchanged(self, image_id: str, found: list) -> bool:
+        """Whether ``found`` [(mask, class)] are the image's exported pseudo-instances, one for one
+        (same class; IoU at least UNCHANGED_IOU with the mask or with its exported polygons)."""
+        pseudo = self.instances(image_id)
+        if not pseudo or len(pseudo) != len(found):
+            return False
+        h, w = pseudo[0][2].shape
+        left = list(pseudo)
+        for mask, cls in found:
+            if mask.shape != (h, w):
+                return False
+            area = np.count_nonzero(mask)
+            hit = None
+            for k, (_, c, m, rings) in enumerate(left):
+                if c != cls:
+                    continue
+                for ref in (m, None):     # the mask, else what its exported polygons fill
+                    if ref is None:
+                        ref = polygons_to_mask([r.ravel().tolist() for r in rings], h, w)
+                    size = np.count_nonzero(ref)
+                    if min(size, area) >= UNCHANGED_IOU * max(size, area) and _iou(mask, ref) >= UNCHANGED_IOU:
+                        hit = k       # IoU >= 0.99: no other, disjoint instance can match as well
+                        break
+                if hit is not None:
+                    break
+            if hit is None:
+                return False
+            left.pop(hit)
+        return True
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 1.0
 
 
 def _part_of(ring, cls: int, parts: list) -> tuple[int, int] | None:
@@ -321,7 +366,7 @@ def _part_of(ring, cls: int, parts: list) -> tuple[int, int] | None:
 
 
 def _read_coco(doc: dict, where_file: str, index: ImageIndex, class_names, empty_images: str,
-               parts: ExportedParts | None) -> ReviewFile:
+               parts: PseudoLabels | None, unchanged_images: str = "skip") -> ReviewFile:
     cats = {}
     for k, c in enumerate(objects(doc.get("categories", []), where_file, "categories")):
         if not is_id(c.get("id")):
@@ -369,23 +414,28 @@ def _read_coco(doc: dict, where_file: str, index: ImageIndex, class_names, empty
         if not anns and empty_images != "reviewed":
             result.skipped.add(image_id)           # nobody said it was reviewed: keeps its pseudo-labels
             continue
+        groups: dict = {}
+        for j, (mask, cls, ring) in enumerate(anns):
+            part = _part_of(ring, cls, parts(image_id)) if label_studio and parts is not None and ring else None
+            groups.setdefault(("part", part[0]) if part else ("alone", j), []).append((mask, cls))
+        instances = [(np.logical_or.reduce([m for m, _ in group]), group[0][1]) for group in groups.values()]
+        instances = [(m, c) for m, c in instances if m.any()]
+        if (not label_studio and unchanged_images != "reviewed" and parts is not None
+                and parts.unchanged(image_id, instances)):
+            # CVAT and a COCO file carry the exported pseudo-labels on every image: unedited,
+            # they do not say that anybody looked (Label Studio's COCO holds submitted work only)
+            result.unchanged.add(image_id)
+            continue
         if image_id in taken:
             hint = (" (Label Studio writes an image per annotation: the task was annotated twice; its JSON export "
                     "says which annotation is the latest)" if label_studio else "")
             raise DataError(f"{where_file}: images {taken[image_id]} and {key} are both "
                             f"'{index.dataset.image_path(image_id).name}', and both reviewed{hint}")
         taken[image_id] = key
-        groups: dict = {}
-        for j, (mask, cls, ring) in enumerate(anns):
-            part = _part_of(ring, cls, parts(image_id)) if label_studio and parts is not None and ring else None
-            groups.setdefault(("part", part[0]) if part else ("alone", j), []).append((mask, cls))
-        instances = []
-        for group in groups.values():
-            if len(group) > 1:
-                regrouped += len(group)
-            instances.append((np.logical_or.reduce([m for m, _ in group]), group[0][1]))
-        result.images[image_id] = (h, w, [(m, c) for m, c in instances if m.any()])
+        regrouped += sum(len(g) for g in groups.values() if len(g) > 1)
+        result.images[image_id] = (h, w, instances)
     result.skipped -= result.images.keys()
+    result.unchanged -= result.images.keys()
     if regrouped:
         result.notes.append(f"{where_file}: {regrouped} polygons regrouped into the multi-part instances they are "
                             f"unchanged parts of (Label Studio's COCO export keeps no region ids; its JSON export "
@@ -484,26 +534,33 @@ def _documents(path: Path, max_member_mb: float) -> list[tuple[str, object]]:
 
 
 def read_review(path: Path, dataset, ids, max_member_mb: float = DEFAULT_MAX_MEMBER_MB,
-                empty_images: str = "skip", ins_dir: Path | None = None) -> ReviewFile:
+                empty_images: str = "skip", ins_dir: Path | None = None, export_cfg: dict | None = None,
+                unchanged_images: str = "skip") -> ReviewFile:
     """The reviewed images of a review file; every entry is checked here, before anything is
     stored. An image counts as reviewed only where the file says a human reviewed it: a Label
     Studio task by its latest annotation that was not cancelled or skipped; a COCO image (CVAT,
     Label Studio's COCO export, wsis's own) by having annotations, or, with ``empty_images`` =
-    "reviewed", every image it lists. ``ins_dir`` (the pseudo-masks) lets the parts of a
-    multi-part instance that Label Studio's COCO export splits be regrouped. A file with nothing
+    "reviewed", every image it lists, and by having other annotations than the exported
+    pseudo-labels, or, with ``unchanged_images`` = "reviewed", any annotations (CVAT and plain
+    COCO files carry the exported pseudo-labels on every image, edited or not). ``ins_dir`` (the
+    pseudo-masks) and ``export_cfg`` say what was exported: without them no image counts as
+    unchanged; they also let the parts of a multi-part instance that Label Studio's COCO export
+    splits be regrouped. A file with nothing
     reviewed in it is an error: an import that imports nothing must not look like one that did."""
     path = Path(path)
     if empty_images not in EMPTY_IMAGES:
         raise DataError(f"--empty-images {empty_images}: choose from {', '.join(EMPTY_IMAGES)}")
+    if unchanged_images not in EMPTY_IMAGES:
+        raise DataError(f"--unchanged-images {unchanged_images}: choose from {', '.join(EMPTY_IMAGES)}")
     docs = _documents(path, max_member_mb)
     index = ImageIndex(dataset, ids)
     names = list(dataset.class_names)
-    parts = ExportedParts(ins_dir)
+    parts = PseudoLabels(ins_dir, export_cfg)
     total = ReviewFile()
     origin: dict[str, str] = {}
     for where, doc in docs:
         if isinstance(doc, dict) and "images" in doc:
-            part = _read_coco(doc, where, index, names, empty_images, parts)
+            part = _read_coco(doc, where, index, names, empty_images, parts, unchanged_images)
         elif _is_json_min(doc):
             raise DataError(f"{where}: a Label Studio JSON-MIN export, which keeps neither region ids (an instance "
                             f"in several parts would come back as several) nor, in every version, whether a task "
@@ -520,11 +577,20 @@ def read_review(path: Path, dataset, ids, max_member_mb: float = DEFAULT_MAX_MEM
             total.images[image_id] = value
             origin[image_id] = where.split(": ", 1)[-1]
         total.skipped |= part.skipped
+        total.unchanged |= part.unchanged
         total.skipped_what = part.skipped_what
         total.notes += part.notes
     total.skipped -= total.images.keys()
+    total.unchanged -= total.images.keys()
+    total.skipped -= total.unchanged
     if not total.images:
-        if total.skipped_what.startswith("tasks"):
+        if total.unchanged:
+            why = (f"{len(total.unchanged)} images carry their exported pseudo-labels unchanged, which does not say "
+                   f"anybody reviewed them (--unchanged-images reviewed: they were), "
+                   f"{len(total.skipped)} have no annotations")
+        elif not total.skipped:
+            why = "it lists no image or task"
+        elif total.skipped_what.startswith("tasks"):
             why = f"none of its {len(total.skipped)} tasks has a finished (not cancelled or skipped) annotation"
         else:
             why = (f"none of its {len(total.skipped)} images has annotations, and an image without any counts as "
