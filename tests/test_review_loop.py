@@ -455,3 +455,23 @@ def test_cvat_images_left_as_exported_keep_their_pseudo_labels(tiny_data, run_co
     out = wsis("review", "import", back, "--unchanged-images", "reviewed", "--empty-images", "reviewed",
                *tiny_args(tiny_data, run_copy)).stdout
     assert f"imported {len(doc['images'])} reviewed images" in out and "skipped" not in out, out
+
+
+def test_the_report_marks_reviewed_images(tiny_data, ds, run_copy, tmp_path):
+    """After an import, the report's queue marks the reviewed images and its gallery shows their
+    reviewed masks beside the pseudo-labels."""
+    image_id = ds.ids("train")[4]
+    w, h = size_of(tiny_data, image_id)
+    ring = [2.0, 2.0, 20.0, 2.0, 11.0, 16.0]
+    doc = cvat_doc([(1, f"{image_id}.jpg", w, h, [ring])])
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(doc))
+    wsis("review", "import", path, *tiny_args(tiny_data, run_copy))
+    wsis("report", *tiny_args(tiny_data, run_copy))
+    queue = json.loads((run_copy / "report" / "queue.json").read_text())
+    assert {e["id"] for e in queue["images"] if e["reviewed"]} == {image_id}
+    assert len(queue["images"]) == 16
+    thumb = run_copy / "report" / "gallery" / f"{image_id}_reviewed.jpg"
+    assert thumb.is_file()
+    html = "".join(p.read_text() for p in (run_copy / "report").glob("*.html"))
+    assert "reviewed: 1 instances" in html and f"{image_id}_reviewed.jpg" in html

@@ -15,15 +15,29 @@ from wsis.errors import WsisError
 from wsis.io import read_json, read_label_png, read_npz, write_json
 from wsis.report import gallery, plots
 from wsis.report.html import write_report
-from wsis.review.queue import QUEUE_FILE, ModelAgreement, build_queue, instance_masks, order_figures
+from wsis.review.formats import read_store
+from wsis.review.queue import QUEUE_FILE, ModelAgreement, build_queue, instance_masks, mark_reviewed, order_figures
 
 from ..cache import MANIFEST
 from ..engine import Pipeline
 from ..job import METRICS, Job
 from ..trainer import LOSS_HISTORY_FILE
 from .export import EXPORT_FILE, instance_dir
+from .merge_review import REVIEW_STORE
 
 TRAINING_STAGES = ("train_cam", "train_irn", "train_seg")
+
+
+_STORES: dict = {}
+
+
+def _reviewed(store: Path) -> dict:
+    """The review store's images, read once per version of the file."""
+    key = (str(store), store.stat().st_mtime_ns if store.is_file() else None)
+    if key not in _STORES:
+        _STORES.clear()
+        _STORES[key] = read_store(store)["images"]
+    return _STORES[key]
 
 
 def queue_of(job: Job) -> dict:
@@ -34,9 +48,11 @@ def queue_of(job: Job) -> dict:
     model = None
     if "train_seg" in inputs and (inputs["train_seg"] / "model.pt").is_file():
         model = ModelAgreement(inputs["train_seg"], job.dataset, job.device)
-    return build_queue(job.dataset, job.ids, instance_dir(inputs), inputs.get("sem_seg"),
-                       job.cfg["ins_seg"]["bg_threshold"], model, job.progress(len(job.ids)),
-                       inputs.get("make_cam"), job.cfg["eval_cam"]["bg_threshold"])
+    queue = build_queue(job.dataset, job.ids, instance_dir(inputs), inputs.get("sem_seg"),
+                        job.cfg["ins_seg"]["bg_threshold"], model, job.progress(len(job.ids)),
+                        inputs.get("make_cam"), job.cfg["eval_cam"]["bg_threshold"])
+    # images reviewed (wsis review import) are marked; an import makes this stage stale through merge_review
+    return mark_reviewed(queue, _reviewed(job.out_dir.parent / REVIEW_STORE))
 
 
 def _finished_job(pipeline: Pipeline) -> Job:
@@ -135,6 +151,14 @@ def _gallery_row(job: Job, rank: int, entry: dict, irn_dir) -> dict:
     add(gallery.instance_overlay(image, masks, z["classes"], texts), "instances.jpg",
         f"{len(masks)} pseudo-instances")
     note = f"{len(masks)} instances"
+    if entry.get("reviewed"):
+        from wsis.coco import rle_decode
+        done = _reviewed(job.out_dir.parent / REVIEW_STORE).get(image_id, {"instances": []})["instances"]
+        rmasks = np.array([rle_decode(i["segmentation"]) for i in done], bool).reshape(-1, *image.shape[:2])
+        classes = np.array([i["class"] for i in done], np.int64)
+        add(gallery.instance_overlay(image, rmasks, classes, [names[c] for c in classes]), "reviewed.jpg",
+            f"reviewed: {len(done)} instances")
+        note += f", reviewed ({len(done)} instances)"
     if ds.has_masks:
         gt = ds.instance_gt(image_id)
         add(gallery.instance_overlay(image, gt.masks, gt.classes, [names[c] for c in gt.classes]), "gt.jpg",
