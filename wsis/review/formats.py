@@ -10,11 +10,14 @@ Out (least confident images first):
   instance part (points in percent of the image size, the instance score as region score, the
   image confidence as prediction score), plus the labelling config XML that matches it.
 
-In: COCO JSON (from CVAT's or Label Studio's COCO export, or edited by hand) or Label
-Studio's JSON export. Images are matched by file name (the path relative to the dataset's
-image folder, or its base name, with Label Studio's upload prefix "xxxxxxxx-" dropped),
-categories by name. Every image in the file counts as reviewed, with exactly the instances the
-file gives it (none = the reviewer removed all).
+In: COCO JSON (CVAT's "COCO 1.0" zip with one member per subset, Label Studio's COCO zip or
+its result.json, or edited by hand) or Label Studio's JSON export. Images are matched by file
+name (the path relative to the dataset's image folder or a tail of it, URL-decoded where
+needed, or its base name, with Label Studio's upload prefix "xxxxxxxx-" dropped), categories
+by name. Only an image a human reviewed counts, with exactly the instances the file gives it:
+a Label Studio task by its latest finished annotation; a COCO image by having annotations that
+are not just the exported pseudo-labels (``read_review``: options for the cases a COCO file
+cannot tell).
 """
 
 from __future__ import annotations
