@@ -1,15 +1,16 @@
 """The stage engine: fingerprints, the on-disk cache, resume, and Dask for per-image stages.
 
 Each stage owns ``<work-dir>/<stage>/``. Its ``manifest.json`` records the fingerprint it was
-computed for, whether it finished, and the size (plus a cheap hash, except for per-image
-outputs) of every file it wrote. A fingerprint hashes the config keys the stage declares it
-reads, the contents of the files those keys name, the stage's code version, its upstream
-fingerprints and the ids, labels and file contents of the images it covers, so it is known
-before anything runs. A stage is skipped when its manifest says "done" for the current
-fingerprint and its outputs still match the manifest; damaged outputs are recomputed (the
-image for a per-image stage, the whole stage otherwise). A stage whose fingerprint changed is
-cleared and recomputed; one that was interrupted keeps its finished outputs: per-image stages
-compute only the missing images, training stages resume from their last epoch checkpoint.
+computed for, whether it finished, and the size, mtime and SHA-256 of every file it wrote
+(``cache.record_outputs``); a run hashes a finished stage's outputs in full before a stage of
+the run reads them. A fingerprint hashes the config keys the stage declares it reads, the
+contents of the files those keys name, the stage's code version, its upstream fingerprints and
+the ids, labels and file contents of the images it covers, so it is known before anything runs.
+A stage is skipped when its manifest says "done" for the current fingerprint and its outputs
+still match the manifest; damaged outputs are recomputed (the image for a per-image stage, the
+whole stage otherwise). A stage whose fingerprint changed is cleared and recomputed; one that
+was interrupted keeps its finished outputs: per-image stages compute only the missing images,
+training stages resume from their last epoch checkpoint.
 
 The engine knows nothing of models: a stage is a function of a ``Job`` (config, dataset,
 image ids, upstream output directories, output directory, device).
