@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wsis.report.html import metric_items
+from wsis.report.html import metric_items, shown_value
 
 
 def metrics_table(metrics: dict) -> str:
@@ -15,6 +15,6 @@ def metrics_table(metrics: dict) -> str:
     lines = [f"{'stage':<{w[0]}}  {'split':<{w[1]}}  {'metric':<{w[2]}}  value",
              "-" * (sum(w) + 13)]
     for stage, split, key, value in rows:
-        shown = value if isinstance(value, str) else f"{100 * value:5.1f}"
-        lines.append(f"{stage:<{w[0]}}  {split:<{w[1]}}  {key:<{w[2]}}  {shown}")
+        # as the HTML report shows it: scores in %, mean counts as they are
+        lines.append(f"{stage:<{w[0]}}  {split:<{w[1]}}  {key:<{w[2]}}  {shown_value(key, value):>5}")
     return "\n".join(lines)

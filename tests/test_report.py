@@ -28,7 +28,7 @@ class Sources(HTMLParser):
             self.imgs.append(a)
         elif tag in ("a", "link"):
             self.links.append(a.get("href", ""))
-        elif tag == "tr" and a.get("class") == "row":
+        elif tag == "tr" and "row" in a.get("class", "").split():
             self.rows += 1
         elif tag == "script":
             self.scripts += 1
@@ -50,11 +50,11 @@ def test_report_files_are_local_and_complete(tiny_run):
         assert (report / src).is_file(), src
     plots = {img["src"] for img in page.imgs if img.get("class") == "plot"}
     assert plots == {f"plots/{p}" for p in PLOTS}
-    gallery = [img for img in page.imgs if img.get("class") != "plot"]
+    gallery = [img for img in page.imgs if img.get("class") not in ("plot", "first")]
     assert gallery and all(img.get("loading") == "lazy" and img.get("width") and img.get("height")
                            for img in gallery)
     queue = json.loads((report / "queue.json").read_text())
-    ids = re.findall(r"<tr class=\"row\"><th>#\d+<br>([^<]+)<br>", (report / "index.html").read_text())
+    ids = re.findall(r"<tr class=\"row[^\"]*\" id=\"img-([^\"]+)\">", (report / "index.html").read_text())
     assert ids == [e["id"] for e in queue["images"]]         # gallery sorted by the review order
 
 
@@ -82,7 +82,7 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     # the page has no script, so any console line is an error (a failed load or a parse error)
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
     assert console == []
-    assert dom.stdout.count('<tr class="row">') == 16
+    assert len(re.findall(r'<tr class="row[ "]', dom.stdout)) == 16
     assert all(f"plots/{p}" in dom.stdout for p in PLOTS)
 
     shot = tmp_path / "shot.png"
@@ -103,3 +103,148 @@ def test_training_stages_record_their_loss_per_epoch(tiny_run):
         assert [h["epoch"] for h in history] == list(range(1, cfg[section]["epochs"] + 1))
         assert all(np.isfinite(h["loss"]) and h["loss"] > 0 for h in history)
         assert terms <= set(history[0])
+
+
+def sections(html: str) -> list[str]:
+    """The index page's parts in the order they appear."""
+    marks = {"headline": '<section id="headline">', "review-first": '<section id="review-first">',
+             "plots": '<section id="plots">', "all-figures": '<details id="all-figures">',
+             "gallery": '<h2 id="gallery">'}
+    found = {name: html.find(mark) for name, mark in marks.items()}
+    assert all(at >= 0 for at in found.values()), found
+    return sorted(found, key=found.get)
+
+
+def tiles(html: str) -> list[tuple[str, str, str]]:
+    """The headline's figures: (data-source or "", value, what)."""
+    return re.findall(r'<div class="tile"(?: data-source="([^"]*)")?><span class="value">([^<]*)</span>'
+                      r'<span class="what">([^<]*)</span>', html)
+
+
+def test_index_leads_with_what_to_fix(tiny_run):
+    """Headline, then the images to review first, the plots, every figure folded away, the gallery."""
+    html = (tiny_run / "report" / "index.html").read_text()
+    assert sections(html) == ["headline", "review-first", "plots", "all-figures", "gallery"]
+    folded = html[html.index('<details id="all-figures">'):html.index("</details>")]
+    assert '<table class="metrics">' in folded and html.count('<table class="metrics">') == 1
+
+
+def test_headline_shows_pseudo_label_quality_in_percent(tiny_run):
+    """With ground truth the headline is the eval stages' scores, each 100 x its metrics.json
+    value with one decimal, and nothing else (no settings such as thresholds)."""
+    html = (tiny_run / "report" / "index.html").read_text()
+    headline = html[html.index('<section id="headline">'):html.index('<section id="review-first">')]
+    shown = {tuple(source.split()): value for source, value, _ in tiles(headline)}
+    assert set(shown) == {("eval_cam", "train", "miou"), ("eval_sem_seg", "train", "miou"),
+                          ("eval_ins_seg", "train", "mAP50"), ("eval_ins_seg", "train", "mAP70"),
+                          ("eval_ins_seg", "train", "coco_AP"), ("eval_seg", "val", "mAP50"),
+                          ("eval_seg", "val", "coco_AP")}
+    for (stage, split, key), value in shown.items():
+        recorded = json.loads((tiny_run / stage / "metrics.json").read_text())[split][key]
+        assert value == f"{100 * recorded:.1f} %", (stage, key, value, recorded)
+    assert any(value != "0.0 %" for value in shown.values())   # the CAM and sem_seg mIoU are not 0 here
+    assert "threshold" not in headline
+
+
+def test_all_figures_table_shows_scores_in_percent_and_settings_as_set(tiny_run):
+    html = (tiny_run / "report" / "index.html").read_text()
+    folded = html[html.index('<details id="all-figures">'):html.index("</details>")]
+    cell = r"<td>([^<]*)</td>"
+    rows = {tuple(r[:3]): r[3:] for r in re.findall(
+        rf"<tr>{cell}{cell}{cell}<td class=\"v\">([^<]*)</td>{cell}</tr>", folded)}
+    cam = json.loads((tiny_run / "eval_cam" / "metrics.json").read_text())["train"]
+    assert rows["eval_cam", "train", "miou"] == (f"{100 * cam['miou']:.1f}", "score")
+    assert rows["eval_cam", "train", "bg_threshold"] == (f"{cam['bg_threshold']:.2f}", "setting")
+    assert rows["eval_cam", "train", "images"] == ("16", "count")
+
+
+def test_review_first_marks_each_images_least_confident_instance(tiny_run):
+    """The first ten images of the queue not yet reviewed, each named with its least confident
+    instance (the lowest confidence in queue.json) and linked to its gallery row."""
+    report = tiny_run / "report"
+    html = (report / "index.html").read_text()
+    queue = json.loads((report / "queue.json").read_text())
+    names = [c["name"] for c in json.loads((tiny_run / "export" / "pseudo_labels.json").read_text())["categories"]]
+    section = html[html.index('<section id="review-first">'):html.index('<section id="plots">')]
+    items = re.findall(r"<li>.*?</li>", section)
+    expected = [e for e in queue["images"] if not e["reviewed"]][:10]
+    assert len(items) == len(expected) == 10
+    for item, entry in zip(items, expected):
+        href, image_id = re.match(
+            r'<li><a href="([^"]+)"><img class="first".*?<span class="id">#\d+ ([^<]+)</span>', item).groups()
+        assert image_id == entry["id"]
+        assert href == f"index.html#img-{image_id}" and f'id="img-{image_id}"' in html
+        worst = re.search(r'<span class="worst">([^<]+)</span>', item)
+        if not entry["instances"]:
+            assert worst is None and "no instance found" in item
+            continue
+        lowest = min(entry["instances"], key=lambda i: i["confidence"])
+        assert worst.group(1) == f"{names[lowest['class']]} {lowest['confidence']:.2f}"
+        assert all(lowest["confidence"] <= i["confidence"] for i in entry["instances"])
+    assert any(e["instances"] for e in expected)     # some image has instances to name
+
+
+def test_headline_without_ground_truth_shows_counts(tmp_path):
+    """No eval stage ran (e.g. a folder dataset): the headline counts images and instances and
+    gives the confidence distribution."""
+    from wsis.report.html import headline
+
+    def image(k, confidence, instance_confidences, reviewed=False):
+        return {"id": f"im{k}", "confidence": confidence, "reviewed": reviewed,
+                "instances": [{"index": n + 1, "class": 0, "score": 0.5, "confidence": c}
+                              for n, c in enumerate(instance_confidences)]}
+    queue = {"signals": ["score"], "images": [image(1, 0.2, [0.2, 0.9]), image(2, 0.4, [0.4]),
+                                              image(3, 0.6, [0.6, 0.7, 0.8], reviewed=True), image(4, 0.8, [])]}
+    head = headline({"merge_review": {"train": {"images": 4}}}, "train", queue)
+    rows = [{"rank": k, "id": e["id"], "confidence": e["confidence"], "note": "", "cells": []}
+            for k, e in enumerate(queue["images"], start=1)]
+    write_report(tmp_path, "t", "", {}, [], rows, head=head, first=[])
+    shown = {what: value for _, value, what in tiles((tmp_path / "index.html").read_text())}
+    assert shown == {"images": "4", "pseudo-instances": "6", "instances per image": "1.50",
+                     "images under confidence 0.5": "2 of 4", "instances under confidence 0.5": "2 of 6",
+                     "image confidence quartiles": "0.35 / 0.50 / 0.65", "images reviewed": "1 of 4"}
+
+
+def test_label_near_the_image_edge_stays_inside_and_whole():
+    """A label of an object in a corner is moved inside the image: drawn whole, the same size as
+    the label of the same object in the middle."""
+    from wsis.report import gallery
+
+    def red_box(y, x):
+        masks = np.zeros((1, 40, 60), bool)
+        masks[0, y:y + 4, x:x + 4] = True
+        out = gallery.instance_overlay(np.full((40, 60, 3), 128, np.uint8), masks, [0], ["triangle 0.12"],
+                                       size=180, doubtful=[True])
+        ys, xs = np.nonzero((out == gallery.DOUBTFUL_COLOUR).all(-1))
+        return ys.min(), ys.max(), xs.min(), xs.max(), out.shape
+
+    y0, y1, x0, x1, _ = red_box(18, 28)
+    for corner in [(0, 0), (0, 56), (36, 0), (36, 56)]:
+        cy0, cy1, cx0, cx1, _ = red_box(*corner)
+        assert (cy1 - cy0, cx1 - cx0) == (y1 - y0, x1 - x0), corner    # not cut by the edge
+    for corners in [gallery.place_labels([(50, 12)], [(55, 0, 59, 3)], 60, 40),
+                    gallery.place_labels([(50, 12), (50, 12)], [(0, 36, 3, 39), (1, 36, 4, 39)], 60, 40)]:
+        for x, y in corners:
+            assert 0 <= x <= 60 - 50 and 0 <= y <= 40 - 12
+
+
+def test_labels_of_crowded_objects_do_not_overlap_where_there_is_room():
+    from wsis.report import gallery
+    boxes = [(10, 10, 20, 20), (12, 12, 22, 22), (14, 14, 24, 24)]     # three overlapping objects
+    corners = gallery.place_labels([(40, 10)] * 3, boxes, 120, 100)
+    placed = [(x, y, x + 40, y + 10) for x, y in corners]
+    assert all(gallery._overlap(a, b) == 0 for i, a in enumerate(placed) for b in placed[i + 1:])
+
+
+def test_the_marked_instance_is_outlined_in_the_mark_colours():
+    from scipy import ndimage
+
+    from wsis.report import gallery
+    masks = np.zeros((2, 30, 40), bool)
+    masks[0, 5:15, 5:15] = True
+    masks[1, 12:26, 20:36] = True
+    out = gallery.instance_overlay(np.full((30, 40, 3), 100, np.uint8), masks, [0, 0], ["a", "b"], marked=1)
+    edge = [m & ~ndimage.binary_erosion(m) for m in masks]
+    white = (out == 255).all(-1)
+    assert white[edge[1]].mean() > 0.6       # the marked one's edge, where no label covers it
+    assert not white[edge[0]].any()          # the other keeps its palette outline

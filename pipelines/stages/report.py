@@ -14,7 +14,7 @@ import numpy as np
 from wsis.errors import WsisError
 from wsis.io import read_json, read_label_png, read_npz, write_json
 from wsis.report import gallery, plots
-from wsis.report.html import write_report
+from wsis.report.html import LOW_CONFIDENCE, headline, least_confident_instance, write_report
 from wsis.review.formats import read_store
 from wsis.review.queue import QUEUE_FILE, ModelAgreement, build_queue, instance_masks, mark_reviewed, order_figures
 
@@ -26,6 +26,8 @@ from .export import EXPORT_FILE, instance_dir
 from .merge_review import REVIEW_STORE
 
 TRAINING_STAGES = ("train_cam", "train_irn", "train_seg")
+REVIEW_FIRST = 10          # images in "review these first", at the top of the report
+REVIEW_FIRST_SIZE = 240    # their pictures' long side in pixels: larger than the gallery's, to see the marked object
 
 
 _STORES: dict = {}
@@ -116,7 +118,10 @@ def _make_plots(job: Job, queue: dict, metrics: dict) -> list[tuple[str, str]]:
     return [(str(p.relative_to(job.out_dir)), caption) for p, caption in made if p is not None]
 
 
-def _gallery_row(job: Job, rank: int, entry: dict, irn_dir) -> dict:
+def _gallery_row(job: Job, rank: int, entry: dict, irn_dir, review_first: bool) -> dict:
+    """One gallery row (see html.gallery_row) and its "first_picture": for an image in "review
+    these first" (``review_first``), a larger picture of its pseudo-instances (src, width,
+    height), else None."""
     ds, inputs, size = job.dataset, job.inputs, job.cfg["report"]["thumbnail"]
     image_id = entry["id"]
     image = ds.load_image(image_id, original=True)   # the pseudo-masks are at the original size
@@ -147,24 +152,48 @@ def _gallery_row(job: Job, rank: int, entry: dict, irn_dir) -> dict:
         add(gallery.grey(up), "boundary.jpg", "boundary map")
     z = read_npz(instance_dir(inputs) / f"{image_id}.npz")
     masks = instance_masks(z)
-    texts = [f"{names[c]} {s:.2f}" for c, s in zip(z["classes"].tolist(), z["scores"].tolist())]
-    add(gallery.instance_overlay(image, masks, z["classes"], texts), "instances.jpg",
-        f"{len(masks)} pseudo-instances")
+    marked, texts, doubtful = instance_labels(entry, names)
+    add(gallery.instance_overlay(image, masks, z["classes"], texts, size=size, doubtful=doubtful, marked=marked),
+        "instances.jpg", f"{len(masks)} pseudo-instances")
+    first_picture = None
+    if review_first:
+        path = job.out_dir / "gallery" / f"{image_id}_first.jpg"
+        w, h = gallery.save_thumb(gallery.instance_overlay(image, masks, z["classes"], texts, size=REVIEW_FIRST_SIZE,
+                                                           doubtful=doubtful, marked=marked), path, REVIEW_FIRST_SIZE)
+        first_picture = (str(path.relative_to(job.out_dir)), w, h)
     note = f"{len(masks)} instances"
     if entry.get("reviewed"):
         from wsis.coco import rle_decode
         done = _reviewed(job.out_dir.parent / REVIEW_STORE).get(image_id, {"instances": []})["instances"]
         rmasks = np.array([rle_decode(i["segmentation"]) for i in done], bool).reshape(-1, *image.shape[:2])
         classes = np.array([i["class"] for i in done], np.int64)
-        add(gallery.instance_overlay(image, rmasks, classes, [names[c] for c in classes]), "reviewed.jpg",
+        add(gallery.instance_overlay(image, rmasks, classes, [names[c] for c in classes], size=size), "reviewed.jpg",
             f"reviewed: {len(done)} instances")
         note += f", reviewed ({len(done)} instances)"
     if ds.has_masks:
         gt = ds.instance_gt(image_id)
-        add(gallery.instance_overlay(image, gt.masks, gt.classes, [names[c] for c in gt.classes]), "gt.jpg",
+        add(gallery.instance_overlay(image, gt.masks, gt.classes, [names[c] for c in gt.classes], size=size), "gt.jpg",
             "ground truth")
         note += f", GT IoU {entry['gt_quality']:.2f}"
-    return {"rank": rank, "id": image_id, "confidence": entry["confidence"], "note": note, "cells": cells}
+    worst = least_confident_instance(entry)
+    return {"rank": rank, "id": image_id, "confidence": entry["confidence"], "note": note, "cells": cells,
+            "reviewed": bool(entry.get("reviewed")), "worst": None if worst is None else instance_text(worst, names),
+            "first_picture": first_picture}
+
+
+def instance_text(instance: dict, names) -> str:
+    """An instance's label in the gallery: its class and confidence."""
+    return f"{names[instance['class']]} {instance['confidence']:.2f}"
+
+
+def instance_labels(entry: dict, names) -> tuple[int | None, list[str], list[bool]]:
+    """For a queue entry's instances, in ins_seg order: the index of the least confident
+    (marked), each one's label text, and whether it is under LOW_CONFIDENCE."""
+    instances = sorted(entry["instances"], key=lambda i: i["index"])
+    worst = least_confident_instance(entry)
+    marked = None if worst is None else worst["index"] - 1
+    return (marked, [instance_text(i, names) for i in instances],
+            [i["confidence"] < LOW_CONFIDENCE for i in instances])
 
 
 def run(job: Job) -> None:
@@ -189,12 +218,15 @@ def run(job: Job) -> None:
     plot_files += diagnosis_plots
     irn_dir = job.inputs.get("irn_infer") if c["boundary"] else None
     progress = job.progress(len(queue["images"]))
+    # "review these first": the least confident images (the queue's order) a reviewer has not done yet
+    first_ids = set([e["id"] for e in queue["images"] if not e.get("reviewed")][:REVIEW_FIRST])
     rows = []
     for rank, entry in enumerate(queue["images"], start=1):
-        rows.append(_gallery_row(job, rank, entry, irn_dir))
+        rows.append(_gallery_row(job, rank, entry, irn_dir, entry["id"] in first_ids))
         progress.update(1)
     signals = ", ".join(queue["signals"]) or "none"
     summary = (f"{len(rows)} images of split '{split}', dataset '{job.dataset.kind}'. Review order: least "
-               f"confident first; confidence from the signals {signals}.")
-    path = write_report(job.out_dir, "wsis report", summary, metrics, plot_files, rows, c["rows_per_page"])
+               f"confident first; confidence (0 to 1) from the signals {signals}.")
+    path = write_report(job.out_dir, "wsis report", summary, metrics, plot_files, rows, c["rows_per_page"],
+                        headline(metrics, split, queue), [r for r in rows if r["first_picture"]])
     print(f"report: {path}", flush=True)
