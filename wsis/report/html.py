@@ -233,7 +233,7 @@ def _review_first_section(first: list[dict], rows_per_page: int) -> str:
                      f"confidence {_confidence(f['confidence'])}<br>{worst}<br>"
                      f"<a href=\"{escape(href)}\">its gallery row</a></li>")
     body = (f"<ol class=\"first\">{''.join(items)}</ol>" if items
-            else "<p>Every image has been reviewed.</p>")
+            else "<p>No image is waiting for review: every image in the queue has been reviewed.</p>")
     return (f"<section id=\"review-first\"><h2>Review these first</h2><p class=\"summary\">The least confident "
             f"images not yet reviewed; each image's least confident instance is outlined in white and black, "
             f"its label red. Labels: class and confidence, red under {LOW_CONFIDENCE}.</p>{body}</section>")
