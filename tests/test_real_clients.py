@@ -28,6 +28,8 @@ from conftest import ROOT, tiny_args, wsis
 from test_review import rasterise
 from test_review_loop import poly_mask, run_copy, stored  # noqa: F401  (run_copy: a fixture)
 from wsis.coco import rle_decode
+from wsis.data.synthetic import shape_mask
+from wsis.review.polygons import mask_to_polygons
 
 CLIENTS = Path(os.environ.get("WSIS_CLIENTS_VENV") or ROOT / ".venv-clients")
 DATUMARO_HELPER = ROOT / "tests" / "clients" / "datumaro_roundtrip.py"
@@ -109,6 +111,14 @@ def expected_merge(edits, pseudo) -> dict:
     if ious:
         want["mean_iou_pseudo_vs_reviewed"] = pytest.approx(float(np.mean(ious)), abs=1e-9)
     return want
+
+
+def holed_ring(h, w) -> list[float]:
+    """The reviewer's new object: a ring around the image centre, drawn as one polygon whose
+    hole is kept by a keyhole cut (flat x, y in pixels), and the hole's centre pixel."""
+    (ring,) = mask_to_polygons(shape_mask("ring", h, w, h // 2, w // 2, 11, 0.0))
+    assert not poly_mask(ring, h, w)[h // 2, w // 2] and poly_mask(ring, h, w).sum() > 100
+    return ring
 
 
 def absent_class(names, pseudo_instances) -> str:
@@ -267,13 +277,13 @@ def test_label_studio_round_trip(label_studio_python, tiny_data, run_copy, start
     h, w, want = pseudo[image_id]
     assert want, "the tiny run exported no instance at all"
     regions = [r for r in task["predictions"][0]["result"] if not r["id"].startswith("wsis1_")]
+    ring = np.reshape(holed_ring(h, w), (-1, 2)) * [100 / w, 100 / h]        # pixels -> percent
     added = {"id": "Rk2Pq9Zx1A", "type": "polygonlabels", "from_name": "label", "to_name": "image",
              "original_width": w, "original_height": h, "image_rotation": 0,
-             "value": {"points": [[5.0, 5.0], [45.0, 5.0], [25.0, 40.0]], "closed": True,
-                       "polygonlabels": [absent_class(names, want)]}}
+             "value": {"points": ring.tolist(), "closed": True, "polygonlabels": [absent_class(names, want)]}}
     ls.call("POST", f"/api/tasks/{task['id']}/annotations", {"result": regions + [added], "was_cancelled": False})
     reviewed = ls_instances(regions + [added], w, h)
-    assert len(reviewed) == len(want)
+    assert len(reviewed) == len(want) and not reviewed[-1][1][h // 2, w // 2]      # the new ring has its hole
 
     # exported through the API (every task), imported into wsis, merged
     exports = {}
@@ -340,7 +350,7 @@ def test_cvat_zip_through_datumaro(datumaro_python, tiny_data, run_copy, tmp_pat
     def edit(item, points):
         return {"delete": seen[item][4][:1],
                 "add": {item: [{"label": absent_class(names, seen[item][3]), "points": points}]}}
-    edit_a, edit_b = edit(a, [2, 2, 20, 2, 11, 16]), edit(b, [30, 30, 46, 30, 38, 44])
+    edit_a, edit_b = edit(a, holed_ring(*seen[a][1:3])), edit(b, [30, 30, 46, 30, 38, 44])
     with_anns = sum(bool(v[3]) for v in seen.values())
     zips = {}
     # one subset, as CVAT exports a task; then two, as it exports a task with subsets
@@ -360,6 +370,9 @@ def test_cvat_zip_through_datumaro(datumaro_python, tiny_data, run_copy, tmp_pat
         reviewed = {stem[i]: truth[i][3] for i in edited}
         for i in edited:
             assert len(truth[i][3]) == len(seen[i][3])           # one deleted, one added
+        h, w = seen[a][1:3]
+        assert sum(not m[h // 2, w // 2] and m.sum() > 100 for n, m in truth[a][3]
+                   if n == edit_a["add"][a][0]["label"]) == 1      # a's new ring kept its hole
         shutil.rmtree(run_copy / "review", ignore_errors=True)
         out = wsis("review", "import", zips[kind], *tiny_args(tiny_data, run_copy)).stdout
         assert f"imported {len(edited)} reviewed images " in out, (kind, out)
