@@ -8,7 +8,8 @@ contents of the files those keys name, the stage's code version, its upstream fi
 the ids, labels and file contents of the images it covers, so it is known before anything runs.
 A stage is skipped when its manifest says "done" for the current fingerprint and its outputs
 still match the manifest; damaged outputs are recomputed (the image for a per-image stage, the
-whole stage otherwise). A stage whose fingerprint changed is cleared and recomputed; one that
+whole stage otherwise). A stage whose fingerprint changed is cleared (but for the content-keyed
+files of its ``keeps`` folder) and recomputed; one that
 was interrupted keeps its finished outputs: per-image stages compute only the missing images,
 training stages resume from their last epoch checkpoint.
 
@@ -90,6 +91,10 @@ class Stage:
     check_inputs: str | None = None
     writes_coco_ids: bool = False       # its output keeps a COCO input's image and category ids
     enabled_by: str | None = None       # "section.key": a bool that must be true for the stage to exist
+    # a subfolder of files the stage keys by what they were made from (a hash in each name):
+    # kept when the stage is recomputed for a changed fingerprint, so that it makes again only
+    # those whose key changed; the stage removes the ones it no longer uses
+    keeps: str | None = None
 
     def enabled(self, cfg: dict) -> bool:
         if self.enabled_by is None:
@@ -507,7 +512,11 @@ class Pipeline:
             # stale, forced, damaged, or an unknown directory: start this stage afresh
             if state.status == "damaged":
                 say(f"{stage.name}: {state.detail}; recomputing the stage")
-            shutil.rmtree(out)
+            keep = stage.keeps if state.status in ("stale", "missing") and stage.name not in self._forced else None
+            for p in (out.iterdir() if keep and out.is_dir() else [out]):
+                if p.name == keep and p.is_dir():
+                    continue
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         out.mkdir(parents=True, exist_ok=True)
         remove_stray_temps(out)
         manifest = {"stage": stage.name, "fingerprint": fp, "components": comps, "status": "running"}

@@ -1,5 +1,6 @@
 """The engine's caching logic on toy stages (no models; Dask only where a test says so)."""
 
+import dataclasses
 import errno
 import os
 from pathlib import Path
@@ -313,3 +314,28 @@ def test_auto_precision_enters_the_fingerprint_as_what_it_trains_in(tmp_path, mo
         monkeypatch.setattr(wsis.device, "native_bf16", lambda device, native=native: native)
         assert fp("auto") == fp(same)
     assert fp("bf16") != fp("off")
+
+
+def test_a_stages_keeps_folder_survives_a_changed_fingerprint_only(tmp_path):
+    """A stage's ``keeps`` folder (files keyed by their content) is kept when its fingerprint
+    changes, and only then: its other outputs are cleared, and --force clears everything."""
+    seen: list[set[str]] = []
+
+    def run(job):
+        seen.append({p.relative_to(job.out_dir).as_posix() for p in job.out_dir.rglob("*")
+                     if p.is_file() and p.name != "manifest.json"})
+        (job.out_dir / "cache").mkdir(exist_ok=True)
+        (job.out_dir / "cache" / f"v{job.cfg['k']['v']}.txt").write_text("kept")
+        (job.out_dir / "page.txt").write_text(str(job.cfg["k"]["v"]))
+    stage = Stage("k", "k", (), sections=("k",), version=1, image_splits=lambda cfg: ["all"], run=run,
+                  reads_images=False, keeps="cache")
+    toy(tmp_path, {"k": {"v": 1}}, [stage]).run("k")
+    toy(tmp_path, {"k": {"v": 2}}, [stage]).run("k")            # stale: the cache stays, the page goes
+    toy(tmp_path, {"k": {"v": 2}}, [stage]).run("k", force=True)  # forced: cleared
+    assert seen == [set(), {"cache/v1.txt"}, set()]
+    plain = Stage("p", "p", (), sections=("p",), version=1, image_splits=lambda cfg: ["all"], run=run,
+                  reads_images=False)
+    seen.clear()
+    for v in (1, 2):
+        toy(tmp_path, {"p": {"v": v}, "k": {"v": v}}, [dataclasses.replace(plain, name="p", sections=("k",))]).run("p")
+    assert seen == [set(), set()]                                   # without ``keeps`` nothing survives
