@@ -37,7 +37,7 @@ def main() -> None:
     pipeline = session.pipeline()
     job = _finished_job(pipeline)
     if args.no_model:
-        job.inputs.pop("train_seg", None)
+        job.inputs.pop("seg_infer", None)
     queue = queue_of(job)
     quality = {e["id"]: e["gt_quality"] for e in queue["images"]}
 

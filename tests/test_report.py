@@ -248,3 +248,48 @@ def test_the_marked_instance_is_outlined_in_the_mark_colours():
     white = (out == 255).all(-1)
     assert white[edge[1]].mean() > 0.6       # the marked one's edge, where no label covers it
     assert not white[edge[0]].any()          # the other keeps its palette outline
+
+
+def test_the_report_runs_no_model_and_orders_the_queue_as_a_live_forward_does(tiny_data, tiny_run, tmp_path,
+                                                                                monkeypatch):
+    """The report reads seg_infer's predictions and report_rows' entries: with the model's
+    loading and forward made to fail it still writes the queue, and that queue is the one the
+    serial path gives with the model run on every image (same order, same confidences)."""
+    import shutil as sh
+
+    from conftest import TINY, snapshot
+    from pipelines.dag import STAGES
+    from pipelines.engine import Pipeline
+    from pipelines.stages import report, train_seg
+    from wsis.config import load_config
+    from wsis.data import open_dataset
+    from wsis.inference import predict_image
+    from wsis.review.queue import MODEL_SCORE_THRESHOLD, build_queue, mark_reviewed
+
+    work = tmp_path / "work"
+    sh.copytree(tiny_run, work)
+    cfg = load_config("synthetic", TINY)
+    ds = open_dataset("synthetic", cfg, tiny_data)
+    ids = ds.ids(cfg["data"]["infer_split"])
+    model, arch, names = train_seg.load_trained(work / "train_seg", "cpu")
+    to_dataset = np.array([ds.class_names.index(n) for n in names])
+
+    def live(image_id):
+        pred = predict_image(model, ds.load_image(image_id, original=True), arch["input_size"], "cpu",
+                             MODEL_SCORE_THRESHOLD)
+        return pred["masks"], to_dataset[pred["labels"]]
+    serial = mark_reviewed(build_queue(ds, ids, work / "ins_seg", work / "sem_seg", cfg["ins_seg"]["bg_threshold"],
+                                       live, None, work / "make_cam", cfg["eval_cam"]["bg_threshold"]), {})
+    assert "model" in serial["signals"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report ran the model")
+    monkeypatch.setattr("wsis.inference.predict_image", refuse)
+    monkeypatch.setattr("wsis.models.registry.load_instance_model", refuse)
+    monkeypatch.setattr(train_seg, "load_trained", refuse)
+    before = {s: snapshot(work / s) for s in ("seg_infer", "report_rows")}
+    (work / "report" / "manifest.json").unlink()
+    (work / "report" / "queue.json").unlink()
+    report.report_from_finished(Pipeline(STAGES, cfg, ds, work))
+    assert json.loads((work / "report" / "queue.json").read_text()) == serial
+    assert {s: snapshot(work / s) for s in before} == before      # read, not recomputed

@@ -471,7 +471,43 @@ def test_the_report_marks_reviewed_images(tiny_data, ds, run_copy, tmp_path):
     queue = json.loads((run_copy / "report" / "queue.json").read_text())
     assert {e["id"] for e in queue["images"] if e["reviewed"]} == {image_id}
     assert len(queue["images"]) == 16
-    thumb = run_copy / "report" / "gallery" / f"{image_id}_reviewed.jpg"
-    assert thumb.is_file()
+    (thumb,) = (run_copy / "report" / "cache").glob(f"{image_id}_reviewed_*.jpg")
     html = "".join(p.read_text() for p in (run_copy / "report").glob("*.html"))
-    assert "reviewed: 1 instances" in html and f"{image_id}_reviewed.jpg" in html
+    assert "reviewed: 1 instances" in html and f"cache/{thumb.name}" in html
+
+
+def test_an_import_redraws_only_the_rows_it_changed(tiny_data, ds, run_copy, tmp_path):
+    """report_rows (the per-image signals and pictures) depends on no review: an import leaves
+    it as it was, and the report draws again only the pictures whose content changed: the
+    newly reviewed image's reviewed masks, and the "review these first" picture of an image
+    that enters that list. Counted by the files in the report's cache and their mtimes."""
+    from conftest import snapshot
+
+    def review(image_ids, name):
+        entries = []
+        for k, image_id in enumerate(image_ids, start=1):
+            w, h = size_of(tiny_data, image_id)
+            entries.append((k, f"{image_id}.jpg", w, h, [[2.0, 2.0, 20.0, 2.0, 11.0, 16.0]]))
+        path = tmp_path / name
+        path.write_text(json.dumps(cvat_doc(entries)))
+        wsis("review", "import", path, *tiny_args(tiny_data, run_copy))
+        return wsis("report", *tiny_args(tiny_data, run_copy)).stdout
+
+    def first(queue):
+        return set([e["id"] for e in queue["images"] if not e["reviewed"]][:10])
+
+    rows = snapshot(run_copy / "report_rows")
+    a, b = ds.ids("train")[4], ds.ids("train")[7]
+    review([a], "one.json")
+    queue_before = json.loads((run_copy / "report" / "queue.json").read_text())
+    cache_before = snapshot(run_copy / "report" / "cache")
+    out = review([a, b], "two.json")          # a again, unchanged, and b
+    queue = json.loads((run_copy / "report" / "queue.json").read_text())
+    cache = snapshot(run_copy / "report" / "cache")
+    assert snapshot(run_copy / "report_rows") == rows
+    drawn = {n for n in cache if cache_before.get(n) != cache[n]}
+    entering = first(queue) - first(queue_before)
+    assert {n.rsplit("_", 1)[0] for n in drawn} == {f"{b}_reviewed"} | {f"{i}_first" for i in entering}
+    assert f"report: {len(drawn)} pictures drawn" in out
+    assert [e["confidence"] for e in queue["images"]] == [e["confidence"] for e in queue_before["images"]]
+    assert {e["id"] for e in queue["images"] if e["reviewed"]} == {a, b}

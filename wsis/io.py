@@ -94,6 +94,21 @@ def write_bytes(path, data: bytes) -> None:
         raise DiskFullError(path, len(data), e.free) from None
 
 
+def link_file(src, dst) -> None:
+    """``dst`` becomes the file ``src`` (a hard link: no copy; a copy where the file system
+    has none), replaced atomically."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + TMP_MARK + "link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        write_bytes(dst, Path(src).read_bytes())
+        return
+    os.replace(tmp, dst)
+
+
 def write_json(path, obj: Any) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 

@@ -1,22 +1,34 @@
 """The final stage: the review queue and a static HTML report of every finished stage.
 
 ``<work-dir>/report/``: ``index.html`` and ``page-N.html`` (metrics, plots, a gallery one
-row per image, least confident first), ``plots/*.png``, ``gallery/*``, ``queue.json`` (the
-review queue, read by ``wsis review export``) and ``metrics.json`` (how well the queue order
-tracks ground truth, when there is ground truth)."""
+row per image, least confident first), ``plots/*.png``, ``gallery/*`` (report_rows' pictures,
+hard-linked), ``cache/*`` (the pictures drawn here: pseudo-instances with their confidences,
+reviewed masks, "review these first"; each named by a hash of what it shows, so that only
+those whose content changed are drawn again), ``queue.json`` (the review queue, read by
+``wsis review export``) and ``metrics.json`` (how well the queue order tracks ground truth,
+when there is ground truth).
+
+The per-image work runs before, on Dask: report_rows (signals and pictures from the
+pseudo-labels) and seg_infer (the model's predictions); this stage reads their files, adds the
+model's agreement, orders the queue and writes the pages."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from wsis.errors import WsisError
-from wsis.io import read_json, read_label_png, read_npz, write_json
+from wsis.io import link_file, read_json, read_npz, write_json
 from wsis.report import gallery, plots
 from wsis.report.html import LOW_CONFIDENCE, headline, least_confident_instance, write_report
 from wsis.review.formats import read_store
-from wsis.review.queue import QUEUE_FILE, ModelAgreement, build_queue, instance_masks, mark_reviewed, order_figures
+from wsis.review.queue import (QUEUE_FILE, build_queue, instance_masks, mark_reviewed, order_figures, ordered,
+                               stored_predictions, with_confidence)
 
 from ..cache import MANIFEST
 from ..engine import Pipeline
@@ -28,6 +40,7 @@ from .merge_review import REVIEW_STORE
 TRAINING_STAGES = ("train_cam", "train_irn", "train_seg")
 REVIEW_FIRST = 10          # images in "review these first", at the top of the report
 REVIEW_FIRST_SIZE = 240    # their pictures' long side in pixels: larger than the gallery's, to see the marked object
+CACHE = "cache"            # the stage's ``keeps`` folder: the pictures drawn here, by content
 
 
 _STORES: dict = {}
@@ -42,19 +55,76 @@ def _reviewed(store: Path) -> dict:
     return _STORES[key]
 
 
-def queue_of(job: Job) -> dict:
-    """The review queue from the finished stages in ``job.inputs`` (ins_seg is required)."""
+def queue_of(job: Job, rows: dict | None = None) -> dict:
+    """The review queue from the finished stages in ``job.inputs`` (ins_seg is required):
+    each image's entry from ``rows`` (report_rows' files, read when that stage is in the
+    inputs) or else computed here, the model's agreement from seg_infer's predictions when it
+    is there (the model is not run), reviewed images marked."""
     inputs = job.inputs
     if "ins_seg" not in inputs:
         raise WsisError(f"{job.out_dir.parent}: no finished ins_seg stage; run `wsis run --stage export` first")
-    model = None
-    if "train_seg" in inputs and (inputs["train_seg"] / "model.pt").is_file():
-        model = ModelAgreement(inputs["train_seg"], job.dataset, job.device)
-    queue = build_queue(job.dataset, job.ids, instance_dir(inputs), inputs.get("sem_seg"),
-                        job.cfg["ins_seg"]["bg_threshold"], model, job.progress(len(job.ids)),
-                        inputs.get("make_cam"), job.cfg["eval_cam"]["bg_threshold"])
+    predictions = stored_predictions(inputs["seg_infer"]) if "seg_infer" in inputs else None
+    ins_dir = instance_dir(inputs)
+    if rows is None and "report_rows" in inputs:
+        rows = read_rows(inputs["report_rows"], job.ids)
+    if rows is not None:
+        queue = ordered([with_confidence(rows[i]["entry"], ins_dir, predictions) for i in job.ids])
+    else:
+        queue = build_queue(job.dataset, job.ids, ins_dir, inputs.get("sem_seg"), job.cfg["ins_seg"]["bg_threshold"],
+                            predictions, job.progress(len(job.ids)), inputs.get("make_cam"),
+                            job.cfg["eval_cam"]["bg_threshold"])
     # images reviewed (wsis review import) are marked; an import makes this stage stale through merge_review
     return mark_reviewed(queue, _reviewed(job.out_dir.parent / REVIEW_STORE))
+
+
+def read_rows(rows_dir: Path, ids) -> dict:
+    return {i: read_json(rows_dir / f"{i}.json") for i in ids}
+
+
+def rows_here(job: Job) -> Path:
+    """report_rows' outputs, or where report_rows' work is done here (one process) when that
+    stage has not finished (``wsis report`` of a partial run)."""
+    if "report_rows" in job.inputs:
+        return job.inputs["report_rows"]
+    from . import report_rows
+    out = job.out_dir / "rows"
+    out.mkdir(parents=True, exist_ok=True)
+    report_rows.process(dataclasses.replace(job, stage="report_rows", out_dir=out), list(job.ids))
+    return out
+
+
+class Pictures:
+    """The pictures this stage draws (they show confidences or reviewed masks), in its
+    ``keeps`` folder, each named by a hash of what it shows: one whose content did not change
+    since the last report is not drawn again. ``drawn`` counts those drawn."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir, self.dir = out_dir, out_dir / CACHE
+        self.used: set[str] = set()
+        self.drawn = 0
+
+    def get(self, image_id: str, kind: str, shows: dict, size: int, draw) -> tuple[str, int, int]:
+        """(path relative to the report, width, height) of the picture showing ``shows``
+        (JSON-able); ``draw()`` makes its RGB array when it is not there."""
+        digest = hashlib.sha256(json.dumps(shows, sort_keys=True).encode()).hexdigest()[:20]
+        name = f"{image_id}_{kind}_{digest}.jpg"
+        path = self.dir / name
+        self.used.add(name)
+        if path.is_file():
+            from PIL import Image
+            with Image.open(path) as im:
+                w, h = im.size
+        else:
+            w, h = gallery.save_thumb(draw(), path, size)
+            self.drawn += 1
+        return f"{CACHE}/{name}", w, h
+
+    def prune(self) -> None:
+        """Remove the pictures no row uses any more."""
+        if self.dir.is_dir():
+            for p in self.dir.iterdir():
+                if p.name not in self.used:
+                    p.unlink()
 
 
 def _finished_job(pipeline: Pipeline) -> Job:
@@ -118,62 +188,62 @@ def _make_plots(job: Job, queue: dict, metrics: dict) -> list[tuple[str, str]]:
     return [(str(p.relative_to(job.out_dir)), caption) for p, caption in made if p is not None]
 
 
-def _gallery_row(job: Job, rank: int, entry: dict, irn_dir, review_first: bool) -> dict:
+def _gallery_row(job: Job, rank: int, entry: dict, row: dict, rows_dir: Path, pictures: Pictures,
+                 review_first: bool) -> dict:
     """One gallery row (see html.gallery_row) and its "first_picture": for an image in "review
     these first" (``review_first``), a larger picture of its pseudo-instances (src, width,
-    height), else None."""
-    ds, inputs, size = job.dataset, job.inputs, job.cfg["report"]["thumbnail"]
+    height), else None. report_rows' pictures (``row``) are linked into gallery/; those that
+    show confidences or reviewed masks come from ``pictures``."""
+    ds, size, names = job.dataset, job.cfg["report"]["thumbnail"], job.dataset.class_names
     image_id = entry["id"]
-    image = ds.load_image(image_id, original=True)   # the pseudo-masks are at the original size
-    names = ds.class_names
-    cells = []
+    loaded: dict = {}
 
-    def add(rgb, kind: str, caption: str, nearest: bool = False):
-        path = job.out_dir / "gallery" / f"{image_id}_{kind}"
-        w, h = gallery.save_thumb(rgb, path, size, nearest)
-        cells.append((str(path.relative_to(job.out_dir)), w, h, caption))
+    def image():
+        if "image" not in loaded:
+            loaded["image"] = ds.load_image(image_id, original=True)   # the pseudo-masks are at the original size
+        return loaded["image"]
 
-    add(image, "photo.jpg", "photo")
-    if "make_cam" in inputs:
-        z = read_npz(inputs["make_cam"] / f"{image_id}.npz")
-        # CAMs are at the processing size (data.max_side), the photo at its own
-        under = image if z["high_res"].shape[1:] == image.shape[:2] else ds.load_image(image_id)
-        for k, c in enumerate(z["classes"].tolist()):
-            add(gallery.heatmap(under, z["high_res"][k].astype(np.float32)), f"cam{c}.jpg", f"CAM {names[c]}")
-    if "ir_label" in inputs:
-        add(gallery.label_colours(read_label_png(inputs["ir_label"] / f"{image_id}.png")), "relations.png",
-            "relation labels", nearest=True)
-    if irn_dir is not None:
-        from PIL import Image
+    def instances():
+        if "z" not in loaded:
+            z = read_npz(instance_dir(job.inputs) / f"{image_id}.npz")
+            loaded["z"] = (instance_masks(z), z["classes"])
+        return loaded["z"]
 
-        from .irn_infer import read_irn_outputs
-        boundary, _ = read_irn_outputs(irn_dir, image_id)
-        up = np.array(Image.fromarray(boundary.astype(np.float32)).resize(image.shape[1::-1], Image.BILINEAR))
-        add(gallery.grey(up), "boundary.jpg", "boundary map")
-    z = read_npz(instance_dir(inputs) / f"{image_id}.npz")
-    masks = instance_masks(z)
+    def linked(cell) -> tuple:
+        name, w, h, caption = cell
+        link_file(rows_dir / name, job.out_dir / "gallery" / name)
+        return f"gallery/{name}", w, h, caption
+
+    cells = [linked(c) for c in row["cells"]]
+    n = len(entry["instances"])
     marked, texts, doubtful = instance_labels(entry, names)
-    add(gallery.instance_overlay(image, masks, z["classes"], texts, size=size, doubtful=doubtful, marked=marked),
-        "instances.jpg", f"{len(masks)} pseudo-instances")
+    shows = {"sources": row["sources"], "texts": texts, "doubtful": doubtful, "marked": marked}
+
+    def overlay(at: int):
+        return lambda: gallery.instance_overlay(image(), *instances(), texts, size=at, doubtful=doubtful,
+                                                marked=marked)
+
+    cells.append((*pictures.get(image_id, "instances", dict(shows, size=size), size, overlay(size)),
+                  f"{n} pseudo-instances"))
     first_picture = None
     if review_first:
-        path = job.out_dir / "gallery" / f"{image_id}_first.jpg"
-        w, h = gallery.save_thumb(gallery.instance_overlay(image, masks, z["classes"], texts, size=REVIEW_FIRST_SIZE,
-                                                           doubtful=doubtful, marked=marked), path, REVIEW_FIRST_SIZE)
-        first_picture = (str(path.relative_to(job.out_dir)), w, h)
-    note = f"{len(masks)} instances"
+        first_picture = pictures.get(image_id, "first", dict(shows, size=REVIEW_FIRST_SIZE), REVIEW_FIRST_SIZE,
+                                     overlay(REVIEW_FIRST_SIZE))
+    note = f"{n} instances"
     if entry.get("reviewed"):
-        from wsis.coco import rle_decode
         done = _reviewed(job.out_dir.parent / REVIEW_STORE).get(image_id, {"instances": []})["instances"]
-        rmasks = np.array([rle_decode(i["segmentation"]) for i in done], bool).reshape(-1, *image.shape[:2])
-        classes = np.array([i["class"] for i in done], np.int64)
-        add(gallery.instance_overlay(image, rmasks, classes, [names[c] for c in classes], size=size), "reviewed.jpg",
-            f"reviewed: {len(done)} instances")
+
+        def reviewed_overlay():
+            from wsis.coco import rle_decode
+            rmasks = np.array([rle_decode(i["segmentation"]) for i in done], bool).reshape(-1, *image().shape[:2])
+            classes = np.array([i["class"] for i in done], np.int64)
+            return gallery.instance_overlay(image(), rmasks, classes, [names[c] for c in classes], size=size)
+        cells.append((*pictures.get(image_id, "reviewed", {"photo": row["sources"]["photo"], "review": done,
+                                                           "names": list(names), "size": size}, size, reviewed_overlay),
+                      f"reviewed: {len(done)} instances"))
         note += f", reviewed ({len(done)} instances)"
-    if ds.has_masks:
-        gt = ds.instance_gt(image_id)
-        add(gallery.instance_overlay(image, gt.masks, gt.classes, [names[c] for c in gt.classes], size=size), "gt.jpg",
-            "ground truth")
+    if row["gt_cell"] is not None:
+        cells.append(linked(row["gt_cell"]))
         note += f", GT IoU {entry['gt_quality']:.2f}"
     worst = least_confident_instance(entry)
     return {"rank": rank, "id": image_id, "confidence": entry["confidence"], "note": note, "cells": cells,
@@ -198,7 +268,9 @@ def instance_labels(entry: dict, names) -> tuple[int | None, list[str], list[boo
 
 def run(job: Job) -> None:
     c = job.cfg["report"]
-    queue = queue_of(job)
+    rows_dir = rows_here(job)
+    rows = read_rows(rows_dir, job.ids)
+    queue = queue_of(job, rows)
     write_json(job.out_dir / QUEUE_FILE, queue)
     metrics = {s: read_json(d / METRICS) for s, d in job.inputs.items() if (d / METRICS).is_file()}
     split = job.cfg["data"]["infer_split"]
@@ -216,14 +288,15 @@ def run(job: Job) -> None:
     diagnosis, diagnosis_plots = report_section(job.out_dir.parent, job.out_dir)
     metrics.update(diagnosis)
     plot_files += diagnosis_plots
-    irn_dir = job.inputs.get("irn_infer") if c["boundary"] else None
-    progress = job.progress(len(queue["images"]))
     # "review these first": the least confident images (the queue's order) a reviewer has not done yet
     first_ids = set([e["id"] for e in queue["images"] if not e.get("reviewed")][:REVIEW_FIRST])
-    rows = []
-    for rank, entry in enumerate(queue["images"], start=1):
-        rows.append(_gallery_row(job, rank, entry, irn_dir, entry["id"] in first_ids))
-        progress.update(1)
+    shutil.rmtree(job.out_dir / "gallery", ignore_errors=True)
+    pictures = Pictures(job.out_dir)
+    gallery_rows = [_gallery_row(job, rank, entry, rows[entry["id"]], rows_dir, pictures, entry["id"] in first_ids)
+                    for rank, entry in enumerate(queue["images"], start=1)]
+    pictures.prune()
+    print(f"report: {pictures.drawn} pictures drawn, {len(pictures.used) - pictures.drawn} unchanged", flush=True)
+    rows = gallery_rows
     signals = ", ".join(queue["signals"]) or "none"
     summary = (f"{len(rows)} images of split '{split}', dataset '{job.dataset.kind}'. Review order: least "
                f"confident first; confidence (0 to 1) from the signals {signals}.")

@@ -1,5 +1,5 @@
 """The review queue of a run: confidence per instance and per image from the stage outputs on
-disk (ins_seg, sem_seg, and train_seg's model when it is there), least confident first."""
+disk (ins_seg, sem_seg, and seg_infer's model predictions when they are there), least confident first."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from wsis.algorithms.labels import scores_to_label
-from wsis.io import read_label_png, read_npz
+from wsis.io import read_label_png, read_npz, write_npz
 
 from . import confidence as conf
 
 QUEUE_FILE = "queue.json"
 MODEL_SCORE_THRESHOLD = 0.3   # model detections counted for agreement: those `wsis predict` shows
+# the order the signals are averaged in, whatever order a stored entry gives them in (sums of
+# floats depend on it)
+SIGNAL_ORDER = ("score", "margin", "semantic", "cam", "model")
 
 
 def instance_masks(z: dict) -> np.ndarray:
@@ -22,67 +25,106 @@ def instance_masks(z: dict) -> np.ndarray:
     return z["instances"][None] == np.arange(1, n + 1)[:, None, None]
 
 
-class ModelAgreement:
-    """The trained model's predictions, as dataset class indices, for the agreement signal."""
+def write_predictions(path: Path, masks: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> None:
+    """One image's model predictions (seg_infer): the (N, H, W) masks bit-packed, the labels
+    as dataset class indices (-1: a model class the dataset does not have), the scores."""
+    n, h, w = masks.shape
+    write_npz(path, masks=np.packbits(masks.reshape(n, h * w).astype(bool), axis=1), shape=np.array([n, h, w]),
+              labels=np.asarray(labels, np.int64), scores=np.asarray(scores, np.float32))
 
-    def __init__(self, model_dir: Path, dataset, device: str = "cpu"):
-        from pipelines.stages import train_seg
-        self.model, self.arch, names = train_seg.load_trained(model_dir, device)
-        self.to_dataset = np.array([dataset.class_names.index(n) if n in dataset.class_names else -1
-                                    for n in names], np.int64)
-        self.device = device
 
-    def predict(self, image: np.ndarray):
-        from wsis.inference import predict_image
-        pred = predict_image(self.model, image, self.arch["input_size"], self.device, MODEL_SCORE_THRESHOLD)
-        return pred["masks"], self.to_dataset[pred["labels"]]
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(masks (N, H, W) bool, labels (N,), scores (N,)) as ``write_predictions`` wrote them."""
+    z = read_npz(path)
+    n, h, w = (int(v) for v in z["shape"])
+    masks = np.unpackbits(z["masks"], axis=1, count=h * w).astype(bool).reshape(n, h, w)
+    return masks, z["labels"], z["scores"]
+
+
+def pseudo_signals(dataset, image_id: str, ins_dir: Path, sem_dir: Path | None, bg_threshold: float,
+                   cam_dir: Path | None = None, cam_bg_threshold: float = 0.15) -> dict:
+    """One image's queue entry without the model and without confidences: id, image-level
+    signals, instances (index n in the ins_seg map, class, score, signals) and, with ground
+    truth, ``gt_quality`` (confidence.matched_quality of its instances). JSON-ready: the
+    report_rows stage stores it per image."""
+    z = read_npz(Path(ins_dir) / f"{image_id}.npz")
+    masks, classes, scores = instance_masks(z), z["classes"], z["scores"]
+    signals: dict[str, np.ndarray] = {"score": scores}
+    if "margins" in z:
+        signals["margin"] = z["margins"] / max(1.0 - bg_threshold, 1e-6)
+    image_signals: dict[str, float] = {}
+    if sem_dir is not None:
+        signals["semantic"], image_signals["semantic"] = conf.label_agreement(
+            masks, classes, read_label_png(Path(sem_dir) / f"{image_id}.png"))
+    if cam_dir is not None:
+        c = read_npz(Path(cam_dir) / f"{image_id}.npz")
+        cam_labels = scores_to_label(c["high_res"].astype(np.float32), c["classes"].tolist(), cam_bg_threshold)
+        signals["cam"], image_signals["cam"] = conf.label_agreement(masks, classes, cam_labels)
+    entry = {"id": image_id, "signals": {k: float(v) for k, v in image_signals.items()},
+             "instances": [{"index": n + 1, "class": int(classes[n]), "score": float(scores[n]),
+                            "signals": {k: float(v[n]) for k, v in signals.items()}}
+                           for n in range(len(masks))]}
+    if dataset.has_masks:
+        gt = dataset.instance_gt(image_id)
+        pairs = conf.match_instances(masks, classes, gt.masks, gt.classes)
+        entry["gt_quality"] = conf.matched_quality(pairs, len(masks), len(gt.masks))
+    return entry
+
+
+def with_confidence(entry: dict, ins_dir: Path, predictions=None) -> dict:
+    """``entry`` (``pseudo_signals``) with the model's agreement when ``predictions`` (a
+    function of the image id giving the model's masks and dataset labels, or None) and the
+    confidence of each instance and of the image."""
+    entry = {**entry, "signals": dict(entry["signals"]), "instances": [dict(i) for i in entry["instances"]]}
+    instances = entry["instances"]
+    if predictions is not None:
+        z = read_npz(Path(ins_dir) / f"{entry['id']}.npz")
+        masks, classes = instance_masks(z), z["classes"]
+        pm, pc = predictions(entry["id"])
+        pairs = conf.match_instances(masks, classes, pm, pc)
+        agreement = conf.best_iou_per_instance(pairs, len(masks))
+        entry["signals"]["model"] = conf.matched_quality(pairs, len(masks), len(pm))
+        for n, inst in enumerate(instances):
+            inst["signals"] = {**inst["signals"], "model": float(agreement[n])}
+    names = sorted(instances[0]["signals"], key=SIGNAL_ORDER.index) if instances else []
+    signals = {k: np.array([i["signals"][k] for i in instances], np.float64) for k in names}
+    inst_conf = conf.instance_confidence(signals) if instances else np.zeros(0)
+    for n, inst in enumerate(instances):
+        inst["confidence"] = float(inst_conf[n])
+    image_signals = {k: entry["signals"][k] for k in sorted(entry["signals"], key=SIGNAL_ORDER.index)}
+    entry["confidence"] = conf.image_confidence(inst_conf, image_signals)
+    return entry
+
+
+def ordered(entries: list[dict]) -> dict:
+    """{"signals": names, "images": ``entries`` least confident first}."""
+    order = conf.review_order({e["id"]: e["confidence"] for e in entries})
+    by_id = {e["id"]: e for e in entries}
+    names = sorted({k for e in entries for i in e["instances"] for k in i["signals"]})
+    return {"signals": names, "images": [by_id[i] for i in order]}
+
+
+def stored_predictions(seg_infer_dir: Path):
+    """The model's (masks, dataset labels) of an image, from seg_infer's files."""
+    def predictions(image_id: str):
+        masks, labels, scores = read_predictions(Path(seg_infer_dir) / f"{image_id}.npz")
+        return masks, labels
+    return predictions
 
 
 def build_queue(dataset, ids, ins_dir: Path, sem_dir: Path | None, bg_threshold: float,
-                model: ModelAgreement | None = None, progress=None, cam_dir: Path | None = None,
+                predictions=None, progress=None, cam_dir: Path | None = None,
                 cam_bg_threshold: float = 0.15) -> dict:
-    """{"signals": names, "images": [per image, least confident first]}; each image holds its
-    id, confidence, image-level signals, instances (index n in the ins_seg map, class, score,
-    confidence, signals) and, when the dataset has ground truth, ``gt_quality``: the matched
-    IoU of its instances with the ground truth (confidence.matched_quality)."""
-    images = []
+    """{"signals": names, "images": [per image, least confident first]}: each image's
+    ``pseudo_signals`` ``with_confidence``, in one process (the report stage reads
+    report_rows' per-image entries instead). ``predictions``: see ``with_confidence``."""
+    entries = []
     for image_id in ids:
-        z = read_npz(Path(ins_dir) / f"{image_id}.npz")
-        masks, classes, scores = instance_masks(z), z["classes"], z["scores"]
-        signals: dict[str, np.ndarray] = {"score": scores}
-        if "margins" in z:
-            signals["margin"] = z["margins"] / max(1.0 - bg_threshold, 1e-6)
-        image_signals: dict[str, float] = {}
-        if sem_dir is not None:
-            signals["semantic"], image_signals["semantic"] = conf.label_agreement(
-                masks, classes, read_label_png(Path(sem_dir) / f"{image_id}.png"))
-        if cam_dir is not None:
-            c = read_npz(Path(cam_dir) / f"{image_id}.npz")
-            cam_labels = scores_to_label(c["high_res"].astype(np.float32), c["classes"].tolist(), cam_bg_threshold)
-            signals["cam"], image_signals["cam"] = conf.label_agreement(masks, classes, cam_labels)
-        if model is not None:
-            pm, pc = model.predict(dataset.load_image(image_id))
-            pairs = conf.match_instances(masks, classes, pm, pc)
-            signals["model"] = conf.best_iou_per_instance(pairs, len(masks))
-            image_signals["model"] = conf.matched_quality(pairs, len(masks), len(pm))
-        inst_conf = conf.instance_confidence(signals) if len(masks) else np.zeros(0)
-        entry = {"id": image_id, "confidence": conf.image_confidence(inst_conf, image_signals),
-                 "signals": image_signals,
-                 "instances": [{"index": n + 1, "class": int(classes[n]), "score": float(scores[n]),
-                                "confidence": float(inst_conf[n]),
-                                "signals": {k: float(v[n]) for k, v in signals.items()}}
-                               for n in range(len(masks))]}
-        if dataset.has_masks:
-            gt = dataset.instance_gt(image_id)
-            pairs = conf.match_instances(masks, classes, gt.masks, gt.classes)
-            entry["gt_quality"] = conf.matched_quality(pairs, len(masks), len(gt.masks))
-        images.append(entry)
+        entry = pseudo_signals(dataset, image_id, ins_dir, sem_dir, bg_threshold, cam_dir, cam_bg_threshold)
+        entries.append(with_confidence(entry, ins_dir, predictions))
         if progress is not None:
             progress.update(1)
-    order = conf.review_order({e["id"]: e["confidence"] for e in images})
-    by_id = {e["id"]: e for e in images}
-    names = sorted({k for e in images for i in e["instances"] for k in i["signals"]})
-    return {"signals": names, "images": [by_id[i] for i in order]}
+    return ordered(entries)
 
 
 def order_figures(queue: dict, fraction: float = 0.1) -> dict | None:
