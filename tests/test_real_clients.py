@@ -26,7 +26,7 @@ from pycocotools import mask as mask_utils
 
 from conftest import ROOT, tiny_args, wsis
 from test_review import rasterise
-from test_review_loop import poly_mask, run_copy, stored  # noqa: F401  (run_copy: a fixture)
+from test_review_loop import NAMES, poly_mask, run_copy, stored  # noqa: F401  (run_copy: a fixture)
 from wsis.coco import rle_decode
 from wsis.data.synthetic import shape_mask
 from wsis.review.polygons import mask_to_polygons
@@ -114,8 +114,9 @@ def expected_merge(edits, pseudo) -> dict:
 
 
 def holed_ring(h, w) -> list[float]:
-    """The reviewer's new object: a ring around the image centre, drawn as one polygon whose
-    hole is kept by a keyhole cut (flat x, y in pixels), and the hole's centre pixel."""
+    """The reviewer's new object: a ring around the image centre (the hole's centre pixel is
+    (h // 2, w // 2)), drawn as one polygon whose hole is kept by a keyhole cut (flat x, y in
+    pixels)."""
     (ring,) = mask_to_polygons(shape_mask("ring", h, w, h // 2, w // 2, 11, 0.0))
     assert not poly_mask(ring, h, w)[h // 2, w // 2] and poly_mask(ring, h, w).sum() > 100
     return ring
@@ -232,7 +233,6 @@ def ls_instances(regions, w, h):
 
 def test_label_studio_round_trip(label_studio_python, tiny_data, run_copy, start_label_studio,  # noqa: F811
                                  tmp_path):
-    started = time.monotonic()
     tasks_path = tmp_path / "tasks.json"
     out = wsis("review", "export", "--format", "labelstudio", "--out", tasks_path,
                *tiny_args(tiny_data, run_copy)).stdout
@@ -243,10 +243,11 @@ def test_label_studio_round_trip(label_studio_python, tiny_data, run_copy, start
     document_root = Path(line.split("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=")[1].split(",")[0])
     storage = Path(line.split("add a Local Files storage with path ")[1].split(" (")[0])
     assert document_root == tiny_data.resolve() and storage == document_root / "JPEGImages"
+    started = time.monotonic()
     ls = start_label_studio(document_root)
     booted = time.monotonic()
 
-    names = ["disc", "square", "triangle", "star", "cross"]
+    names = NAMES
     project = ls.call("POST", "/api/projects", {"title": "wsis review", "label_config": config})
     assert project["parsed_label_config"]["label"]["labels"] == names      # Label Studio read the config
     pid = project["id"]
@@ -328,7 +329,7 @@ def datumaro_masks(python, zip_path, tmp_path) -> dict:
 def test_cvat_zip_through_datumaro(datumaro_python, tiny_data, run_copy, tmp_path):  # noqa: F811
     python = datumaro_python
     started = time.monotonic()
-    names = ["disc", "square", "triangle", "star", "cross"]
+    names = NAMES
     cvat = tmp_path / "task_1_review.zip"
     wsis("review", "export", "--format", "cvat", "--out", cvat, *tiny_args(tiny_data, run_copy))
     doc = json.loads(zipfile.ZipFile(cvat).read("annotations/instances_default.json"))
