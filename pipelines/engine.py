@@ -9,9 +9,9 @@ the ids, labels and file contents of the images it covers, so it is known before
 A stage is skipped when its manifest says "done" for the current fingerprint and its outputs
 still match the manifest; damaged outputs are recomputed (the image for a per-image stage, the
 whole stage otherwise). A stage whose fingerprint changed is cleared (but for the content-keyed
-files of its ``keeps`` folder) and recomputed; one that
-was interrupted keeps its finished outputs: per-image stages compute only the missing images,
-training stages resume from their last epoch checkpoint.
+files of its ``keeps`` folder) and recomputed; one that was interrupted keeps its finished
+outputs: per-image stages compute only the missing images, training stages resume from their
+last epoch checkpoint.
 
 The engine knows nothing of models: a stage is a function of a ``Job`` (config, dataset,
 image ids, upstream output directories, output directory, device).
