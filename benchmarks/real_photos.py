@@ -159,7 +159,7 @@ def main() -> None:
     if differs:
         paper_work = work.parent / (work.name + "-paper-irn")
         if not paper_work.exists():
-            shutil.copytree(work, paper_work, ignore=shutil.ignore_patterns(".lock", *PAPER_DOWNSTREAM))
+            shutil.copytree(work, paper_work, ignore=shutil.ignore_patterns(".lock"))   # the engine recomputes what the settings change
         paper_common = [str(paper_work) if a == str(work) else a for a in common]
         for k, v in differs.items():
             paper_common += ["--set", f"{k}={json.dumps(v)}"]
