@@ -14,8 +14,9 @@ from wsis.data import Dataset
 def test_stage_declarations():
     gpu = {n for n, s in STAGES.items() if s.per_image is not None and s.resource == "gpu"}
     cpu = {n for n, s in STAGES.items() if s.per_image is not None and s.resource == "cpu"}
-    assert gpu == {"make_cam", "irn_infer", "sam_refine"}   # sam_refine: only with sam.enabled
-    assert cpu == {"ir_label", "sem_seg", "ins_seg"}
+    # sam_refine: only with sam.enabled; seg_infer: the trained instance model's predictions
+    assert gpu == {"make_cam", "irn_infer", "sam_refine", "seg_infer"}
+    assert cpu == {"ir_label", "sem_seg", "ins_seg", "report_rows"}   # report_rows: arrays and pictures
 
 
 def test_cpu_stages_get_every_core_when_cuda_is_requested():
