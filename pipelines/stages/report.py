@@ -292,14 +292,17 @@ def run(job: Job) -> None:
     first_ids = set([e["id"] for e in queue["images"] if not e.get("reviewed")][:REVIEW_FIRST])
     shutil.rmtree(job.out_dir / "gallery", ignore_errors=True)
     pictures = Pictures(job.out_dir)
-    gallery_rows = [_gallery_row(job, rank, entry, rows[entry["id"]], rows_dir, pictures, entry["id"] in first_ids)
-                    for rank, entry in enumerate(queue["images"], start=1)]
+    progress = job.progress(len(queue["images"]))
+    gallery_rows = []
+    for rank, entry in enumerate(queue["images"], start=1):
+        gallery_rows.append(_gallery_row(job, rank, entry, rows[entry["id"]], rows_dir, pictures,
+                                         entry["id"] in first_ids))
+        progress.update(1)
     pictures.prune()
     print(f"report: {pictures.drawn} pictures drawn, {len(pictures.used) - pictures.drawn} unchanged", flush=True)
-    rows = gallery_rows
     signals = ", ".join(queue["signals"]) or "none"
-    summary = (f"{len(rows)} images of split '{split}', dataset '{job.dataset.kind}'. Review order: least "
+    summary = (f"{len(gallery_rows)} images of split '{split}', dataset '{job.dataset.kind}'. Review order: least "
                f"confident first; confidence (0 to 1) from the signals {signals}.")
-    path = write_report(job.out_dir, "wsis report", summary, metrics, plot_files, rows, c["rows_per_page"],
-                        headline(metrics, split, queue), [r for r in rows if r["first_picture"]])
+    path = write_report(job.out_dir, "wsis report", summary, metrics, plot_files, gallery_rows, c["rows_per_page"],
+                        headline(metrics, split, queue), [r for r in gallery_rows if r["first_picture"]])
     print(f"report: {path}", flush=True)
