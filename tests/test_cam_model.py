@@ -1,8 +1,15 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torchvision.ops import FrozenBatchNorm2d
 
+from conftest import TINY
+from pipelines.job import Job
+from pipelines.stages import train_cam as train_cam_stage
+from wsis.config import load_config
+from wsis.data import open_dataset
 from wsis.errors import ConfigError
 from wsis.models.backbone import LOAD_LATER, ResNetStages
 from wsis.models.cam import CAMNet, multiscale_cam
@@ -120,3 +127,55 @@ def test_downscaled_cam_input_is_antialiased_bicubic():
     aliased = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float(), size=(16, 32),
                             mode="bicubic", align_corners=False, antialias=False).clamp(0, 255)
     assert fed.std() < 0.5 * aliased.numpy().std()
+
+
+def _train_cam(tiny_data, out: Path, weights: Path, **train_cam) -> dict:
+    """train_cam on the tiny synthetic set with a ResNet-18 from ``weights``, frozen whole."""
+    cfg = load_config("synthetic", TINY, overrides=[f"backbone.weights={weights}", "backbone.frozen_stages=4",
+                                                    "backbone.freeze_bn=true"])
+    cfg["train_cam"].update(train_cam)
+    ds = open_dataset("synthetic", cfg, tiny_data)
+    out.mkdir(parents=True)
+    train_cam_stage.run(Job("train_cam", cfg, ds, ds.ids(cfg["data"]["train_split"]), out, {}, "cpu", 1))
+    return torch.load(out / "model.pt", weights_only=True)["state_dict"]
+
+
+@pytest.fixture()
+def resnet18_file(tmp_path):
+    """A 'pretrained' ResNet-18 file (seeded random filters): freezing applies to it."""
+    import torchvision
+    torch.manual_seed(3)
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+def test_cached_views_train_the_head_as_per_step_crops_do(tiny_data, tmp_path, resnet18_file):
+    """With a backbone that learns nothing, pooling each crop once (train_cam.cached_views) gives
+    the classifier that running the backbone at every step gives, when every epoch has its own
+    view; fewer views reuse crops (a different head), and the backbone is never touched."""
+    plain = _train_cam(tiny_data, tmp_path / "plain", resnet18_file, epochs=3, cached_views=0)
+    cached = _train_cam(tiny_data, tmp_path / "cached", resnet18_file, epochs=3, cached_views=3)
+    fewer = _train_cam(tiny_data, tmp_path / "fewer", resnet18_file, epochs=3, cached_views=1)
+    assert plain.keys() == cached.keys()
+    for key in plain:
+        torch.testing.assert_close(cached[key], plain[key], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(fewer["classifier.weight"], plain["classifier.weight"], atol=1e-4)
+    start = torchvision_state(resnet18_file)
+    for key in ("backbone.stages.0.0.weight", "backbone.stages.4.0.conv1.weight"):
+        torch.testing.assert_close(fewer[key], start[key], rtol=0, atol=0)
+    assert not (tmp_path / "cached" / "checkpoint.pt").exists()
+
+
+def torchvision_state(path) -> dict:
+    """The ResNet file's filters under our backbone's keys."""
+    net = ResNetStages(18, weights=str(path), freeze_bn=True, frozen_stages=4)
+    return {f"backbone.{k}": v for k, v in net.state_dict().items()}
+
+
+def test_cached_views_refuse_a_backbone_that_trains(tiny_data, tmp_path, resnet18_file):
+    cfg = load_config("synthetic", TINY, overrides=[f"backbone.weights={resnet18_file}", "backbone.frozen_stages=2",
+                                                    "train_cam.cached_views=2"])
+    ds = open_dataset("synthetic", cfg, tiny_data)
+    with pytest.raises(ConfigError, match=r"cached_views = 2 needs a backbone that learns nothing.*frozen_stages = 4"):
+        train_cam_stage.run(Job("train_cam", cfg, ds, ds.ids(cfg["data"]["train_split"]), tmp_path, {}, "cpu", 1))

@@ -128,3 +128,20 @@ def test_only_rank_zero_writes_and_ranks_split_each_batch(tmp_path):
     # each epoch's samples are split between the ranks, none twice
     seen0, seen1 = eval(s0), eval(s1)
     assert len(seen0) == len(seen1) == 8 and sorted(seen0 + seen1) == sorted(list(range(8)) * 2)
+
+
+def test_cached_views_pooled_by_two_gloo_processes_train_like_one(tiny_data, tmp_path):
+    """train_cam.cached_views under --gpus 2: each rank pools every other image, the ranks sum
+    their shares, and the head trains as in one process."""
+    start = weights_file(tmp_path)
+    cached = SETTINGS + ("--set", f'backbone.weights="{start}"', "--set", "backbone.frozen_stages=4",
+                         "--set", "train_cam.cached_views=2")
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    wsis("run", "--stage", "train_cam", *tiny_args(tiny_data, single, *cached))
+    run = wsis("run", "--stage", "train_cam", "--gpus", "2", *tiny_args(tiny_data, ddp, *cached))
+    assert "crops pooled" in run.stdout + run.stderr
+    a, b = state(single), state(ddp)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
+    assert training_loss(b, tiny_data, start) < training_loss(None, tiny_data, start)

@@ -9,10 +9,12 @@ import torch.nn.functional as F
 from wsis.models.backbone import LOAD_LATER, backbone_from_section
 from wsis.models.cam import CAMNet
 from wsis.checkpoint import load_checkpoint
+from wsis.errors import ConfigError
 from wsis.transforms import cam_train_augment
 
+from .. import distributed
 from ..job import Job
-from ..trainer import finish_training, run_training, sgd, stack_samples
+from ..trainer import Precision, finish_training, run_training, sgd, stack_samples
 
 MODEL_FILE = "model.pt"
 
@@ -55,8 +57,70 @@ def run(job: Job) -> None:
     def compute_loss(logits, batch):
         return F.multilabel_soft_margin_loss(logits, batch[1]), {}
 
-    run_training(job, model, optimizer, epochs=c["epochs"], num_samples=len(job.ids),
-                 batch_size=c["batch_size"], seed=c["seed"], make_sample=make_sample, collate=stack_samples,
-                 forward=lambda net, batch: net(batch[0].float()), compute_loss=compute_loss)
+    views = c["cached_views"]
+    if views < 0:
+        raise ConfigError(f"train_cam.cached_views = {views}: expected 0 (off) or a number of views")
+    if views:
+        # The backbone learns nothing, so a crop's pooled features never change: each image's
+        # crops of the first ``views`` epochs are pooled once, and every epoch trains the head
+        # on one of them. With views >= epochs this is exactly the uncached training.
+        if not backbone_is_frozen(model):
+            raise ConfigError(f"train_cam.cached_views = {views} needs a backbone that learns nothing: pretrained "
+                              f"weights, backbone.freeze_bn = true and backbone.frozen_stages = "
+                              f"{len(model.backbone.stages) - 1} (all stages); or set train_cam.cached_views = 0")
+        pooled = pooled_views(job, model, make_sample, views, c["batch_size"])
+
+        def make_pooled_sample(index, epoch):
+            return pooled[epoch % views, index], torch.from_numpy(job.dataset.label_vector(job.ids[index]))
+
+        trained, sample, forward = PooledHead(model.classifier), make_pooled_sample, lambda net, batch: net(batch[0])
+    else:
+        trained, sample, forward = model, make_sample, lambda net, batch: net(batch[0].float())
+    run_training(job, trained, optimizer, epochs=c["epochs"], num_samples=len(job.ids), batch_size=c["batch_size"],
+                 seed=c["seed"], make_sample=sample, collate=stack_samples, forward=forward, compute_loss=compute_loss)
     finish_training(job, MODEL_FILE, arch={"num_classes": job.dataset.num_classes, **model.backbone.spec},
                     state_dict=model.state_dict(), class_names=list(job.dataset.class_names))
+
+
+class PooledHead(torch.nn.Module):
+    """The CAM net's classifier on pooled features: (B, D) -> (B, C) logits, as ``CAMNet``
+    computes them after its global average pooling."""
+
+    def __init__(self, classifier: torch.nn.Conv2d):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(pooled[:, :, None, None]).flatten(1)
+
+
+def backbone_is_frozen(model: CAMNet) -> bool:
+    """Whether the backbone's output is a fixed function of its input during training: no
+    parameter trains, and no BatchNorm uses batch statistics."""
+    return (not any(p.requires_grad for p in model.backbone.parameters())
+            and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.backbone.modules()))
+
+
+def pooled_views(job: Job, model: CAMNet, make_sample, views: int, batch_size: int) -> torch.Tensor:
+    """(views, N, D) float32 on the CPU: the globally pooled backbone features of image n's
+    training crop in epoch v (``make_sample(n, v)``), for v < ``views``. Under ``--gpus N``
+    each rank pools every N-th image and the ranks sum their shares."""
+    world, rank = distributed.world_size(), distributed.rank()
+    keys = [(v, n) for v in range(views) for n in range(rank, len(job.ids), world)]
+    pooled = torch.zeros(views, len(job.ids), model.backbone.channels[-1], device=job.device)
+    precision = Precision(job.cfg["run"]["amp"], job.device)
+    progress = job.progress(len(keys), unit="crops pooled") if rank == 0 else None
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(keys), batch_size):
+            chunk = keys[start:start + batch_size]
+            images = torch.stack([make_sample(n, v)[0] for v, n in chunk]).to(job.device).float()
+            with precision.autocast():
+                features = model.features(images)
+            v_index, n_index = (torch.tensor(k, device=job.device) for k in zip(*chunk))
+            pooled[v_index, n_index] = features.float().mean(dim=(2, 3))
+            if progress:
+                progress.update(len(chunk))
+    if world > 1:
+        torch.distributed.all_reduce(pooled)
+    return pooled.cpu()
