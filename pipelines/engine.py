@@ -27,6 +27,7 @@ import dataclasses
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -542,12 +543,24 @@ class Pipeline:
                 from .distributed import launch
                 launch(job, stage.run, self.processes)
             else:
+                job.mapper = runner.map_ids   # its per-image work (``Job.map_ids``) on the same workers
                 stage.function("run")(job)
         manifest.update(status="done", seconds=round(time.monotonic() - start, 2))
         (out / PROGRESS).unlink(missing_ok=True)
         manifest["outputs"] = record_outputs(out)
         write_json(out / MANIFEST, manifest)
         say(f"{stage.name}: done in {manifest['seconds']:.1f} s")
+
+    @contextmanager
+    def mapper(self):
+        """A ``Job.mapper`` on this pipeline's Dask settings (--scheduler, --workers), for a
+        stage function run outside ``run`` (``wsis report`` of a partial run); its workers,
+        started when first needed, stop on exit."""
+        runner = DaskRunner(self.scheduler, self.workers, "cpu")
+        try:
+            yield runner.map_ids
+        finally:
+            runner.close()
 
     # --------------------------------------------------------------- metrics
     def collect_metrics(self) -> dict:

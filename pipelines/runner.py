@@ -14,17 +14,19 @@ from typing import TYPE_CHECKING
 
 from wsis.errors import WsisError
 
-from .job import Job
+from .job import Job, id_chunks
 from .progress import Progress
 
 if TYPE_CHECKING:
     from .engine import Stage
 
 
-def _run_chunk(fn, job: Job, ids: list[str]):
-    """One Dask task. A WsisError (bad input) comes back as a value, so that the task's
-    retries are spent only on unexpected failures. A CUDA task is pinned to the GPU of its
-    worker: worker k of a local GPU cluster uses GPU k (a dask-cuda worker sees one GPU)."""
+def _run_chunk(fn, job: Job, chunk):
+    """One Dask task: ``fn(job, chunk)`` (a per-image stage's list of image ids, or a
+    ``Job.map_ids`` chunk), whose result it returns. A WsisError (bad input) comes back as a
+    value, so that the task's retries are spent only on unexpected failures. A CUDA task is
+    pinned to the GPU of its worker: worker k of a local GPU cluster uses GPU k (a dask-cuda
+    worker sees one GPU)."""
     if job.torch_threads:
         import torch
         torch.set_num_threads(job.torch_threads)
@@ -36,23 +38,24 @@ def _run_chunk(fn, job: Job, ids: list[str]):
         torch.cuda.set_device(gpu)
         job = dataclasses.replace(job, device=f"cuda:{gpu}")
     try:
-        fn(job, ids)
+        return fn(job, chunk)
     except WsisError as e:
         return e
-    return len(ids)
 
 
-def task_job(job: Job, ids: list[str]) -> Job:
+def task_job(job: Job, ids) -> Job:
     """The job one task needs: its own image ids, and a shallow copy of the dataset whose
     per-image tables (labels, file names, annotations: any dict keyed by every id of the
-    chunk) and split lists hold only those ids, so no task carries the whole dataset."""
+    chunk) and split lists hold only those ids, so no task carries the whole dataset; no
+    mapper (a task maps nothing further, and the mapper holds the Dask client)."""
+    ids = list(ids)
     chunk = set(ids)
     ds = copy.copy(job.dataset)
     for name, value in vars(job.dataset).items():
         if isinstance(value, dict) and len(value) >= len(chunk) and chunk <= value.keys():
             setattr(ds, name, {k: v for k, v in value.items() if k in chunk})
     ds.splits = {s: tuple(i for i in v if i in chunk) for s, v in job.dataset.splits.items()}
-    return dataclasses.replace(job, dataset=ds, ids=tuple(ids))
+    return dataclasses.replace(job, dataset=ds, ids=tuple(ids), mapper=None)
 
 
 SCHEDULER_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
@@ -186,41 +189,54 @@ class DaskRunner:
         return self.gpu_client
 
     def map(self, stage: Stage, job: Job, ids: list[str]) -> None:
-        """Run ``stage``'s per-image function over ``ids`` in chunks. Each task carries its
-        own small job (no scattered data, which would die with a worker); a task whose worker
-        dies is rescheduled by Dask, and one that fails unexpectedly is retried."""
-        if not ids:
-            return
+        """Run ``stage``'s per-image function over ``ids`` in chunks."""
+        chunks = [list(c) for c in id_chunks(dict.fromkeys(ids), job.cfg)]
+        self._map_chunks(stage.function("per_image"), job, chunks, self.task_kind(stage), stage.name)
+
+    def map_ids(self, fn, job: Job, work: dict, unit: str = "images") -> list:
+        """``Job.map_ids`` on these workers, as CPU work. Work that fits in one chunk runs in
+        this process: starting the workers would cost more than the chunk."""
+        if len(work) <= max(1, int(job.cfg["run"]["chunk_size"])):
+            return dataclasses.replace(job, mapper=None).map_ids(fn, work, unit)
+        return self._map_chunks(fn, job, id_chunks(work, job.cfg), "cpu", job.stage, unit)
+
+    def _map_chunks(self, fn, job: Job, chunks: list, kind: str, label: str, unit: str = "images") -> list:
+        """``fn(job, chunk)`` for each chunk (its image ids, or a dict keyed by them) as a Dask
+        task of ``kind`` ("cpu" or "gpu"); returns the results in the chunks' order. Each task
+        carries its own small job (no scattered data, which would die with a worker); a task
+        whose worker dies is rescheduled by Dask, and one that fails unexpectedly is retried."""
+        if not chunks:
+            return []
         from distributed import as_completed
-        kind = self.task_kind(stage)
         client = self._gpu_client() if kind == "gpu" else self._client()
-        if kind == "cpu":
-            job = dataclasses.replace(job, device="cpu")
+        job = dataclasses.replace(job, device="cpu" if kind == "cpu" else job.device)
         if not self.scheduler:
             job.torch_threads = 1 if kind == "cpu" else None
-        chunk = max(1, int(job.cfg["run"]["chunk_size"]))
-        chunks = [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
-        fn = stage.function("per_image")
         resources = {"GPU": 1} if kind == "gpu" and self.scheduler else None
         futures = [client.submit(_run_chunk, fn, task_job(job, c), c, pure=False, retries=self.TASK_RETRIES,
                                  resources=resources)
                    for c in chunks]
-        progress = Progress(stage.name, len(ids))
+        position = {f.key: k for k, f in enumerate(futures)}
+        results = [None] * len(chunks)
+        progress = Progress(label, sum(len(c) for c in chunks), unit)
         try:
             for fut in as_completed(futures):
                 try:
                     result = fut.result()
                 except Exception as e:
                     if type(e).__name__ == "KilledWorker":
-                        raise WsisError(f"{stage.name}: a task killed {stage.name}'s Dask worker repeatedly "
+                        raise WsisError(f"{label}: a task killed {label}'s Dask worker repeatedly "
                                         f"(out of memory? try fewer run.workers); see the dask lines above") from None
                     raise
                 if isinstance(result, WsisError):
                     raise result
-                progress.update(result)
+                k = position[fut.key]
+                results[k] = result
+                progress.update(len(chunks[k]))
         except BaseException:
             client.cancel(futures)
             raise
+        return results
 
     def close(self) -> None:
         _WorkerDeathFilter.closing = True    # the workers we stop are not news

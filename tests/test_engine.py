@@ -339,3 +339,33 @@ def test_a_stages_keeps_folder_survives_a_changed_fingerprint_only(tmp_path):
     for v in (1, 2):
         toy(tmp_path, {"p": {"v": v}, "k": {"v": v}}, [dataclasses.replace(plain, name="p", sections=("k",))]).run("p")
     assert seen == [set(), set()]                                   # without ``keeps`` nothing survives
+
+
+def doubled_with_pid(job, chunk):
+    """A ``Job.map_ids`` task: each image's value doubled, and the process it ran in."""
+    return {i: (2 * value, os.getpid()) for i, value in chunk.items()}
+
+
+def test_a_whole_dataset_stage_maps_its_per_image_work_on_the_workers(tmp_path):
+    """``Job.map_ids`` in a stage that the engine runs: chunks of run.chunk_size images as Dask
+    tasks in other processes, their results back in order; work that fits in one chunk, and a
+    job outside the engine, run in this process."""
+    ids = tuple(f"im{k}" for k in range(5))
+    work = {i: k for k, i in enumerate(ids)}
+    mapped = {}
+
+    def run(job):
+        mapped["chunks"] = job.map_ids(doubled_with_pid, work)
+        mapped["one chunk"] = job.map_ids(doubled_with_pid, {"im0": 10, "im1": 11})
+
+    stage = Stage("toy", "toy", (), ("run",), 1, lambda cfg: ["all"], run=run, reads_images=False)
+    cfg = {"run": {"chunk_size": 2}}
+    ds = Dataset("toy", tmp_path, ("a",), {"all": ids}, {i: (0,) for i in ids})
+    Pipeline({"toy": stage}, cfg, ds, tmp_path / "work", workers=2).run("toy")
+    chunks = mapped["chunks"]
+    assert [{i: v for i, (v, _) in c.items()} for c in chunks] == [{"im0": 0, "im1": 2}, {"im2": 4, "im3": 6},
+                                                                   {"im4": 8}]
+    assert all(pid != os.getpid() for c in chunks for _, pid in c.values())
+    assert mapped["one chunk"] == [{"im0": (20, os.getpid()), "im1": (22, os.getpid())}]
+    here = Job("toy", cfg, ds, ids, tmp_path, {}).map_ids(doubled_with_pid, work)
+    assert here == [{i: (2 * work[i], os.getpid()) for i in c} for c in (ids[:2], ids[2:4], ids[4:])]
