@@ -51,6 +51,17 @@ def exported(score: float, area: int, export_cfg: dict) -> bool:
     return score >= export_cfg["score_threshold"] and area >= max(export_cfg["min_area"], 1)
 
 
+def exported_instances(z: dict, export_cfg: dict):
+    """(number n, mask, class index, score) of each pseudo-instance of an instance npz ``z``
+    (ins_seg's or sam_refine's: ``instances`` (H, W) holding n on instance n's pixels,
+    ``classes``, ``scores``) that the COCO export holds (``exported``), in map order, one mask
+    at a time."""
+    for n, (cls, score) in enumerate(zip(z["classes"].tolist(), z["scores"].tolist()), start=1):
+        mask = z["instances"] == n
+        if exported(score, int(mask.sum()), export_cfg):
+            yield n, mask, cls, score
+
+
 def annotation(mask: np.ndarray, class_index: int, image_id: int, ann_id: int, score: float | None = None,
                category_ids=None) -> dict:
     """One COCO annotation; ``category_ids[class_index]`` is its category (default: index + 1)."""

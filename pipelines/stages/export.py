@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsis.coco import annotation, exported, image_entries, write_instances
+from wsis.coco import annotation, exported_instances, image_entries, write_instances
 from wsis.io import read_npz, write_json
 
 from ..job import Job
@@ -22,11 +22,7 @@ def instance_dir(inputs: dict):
 def pseudo_label_annotations(ins_dir, ids, images, export_cfg: dict, category_ids=None) -> list[dict]:
     anns: list[dict] = []
     for entry, image_id in zip(images, ids):
-        z = read_npz(ins_dir / f"{image_id}.npz")
-        for n, (cls, score) in enumerate(zip(z["classes"].tolist(), z["scores"].tolist()), start=1):
-            mask = z["instances"] == n
-            if not exported(score, int(mask.sum()), export_cfg):
-                continue
+        for _, mask, cls, score in exported_instances(read_npz(ins_dir / f"{image_id}.npz"), export_cfg):
             anns.append(annotation(mask, cls, entry["id"], len(anns) + 1, score, category_ids))
     return anns
 
