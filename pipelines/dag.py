@@ -115,11 +115,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     # neither the model nor the review store: an import or a retrained model leaves it as it is
     Stage("report_rows", "the report's per-image queue signals and gallery pictures",
           upstream=("make_cam", "ir_label", "irn_infer", "sem_seg", pseudo_masks),
-          sections=("report.thumbnail", "report.boundary", "ins_seg.bg_threshold", "eval_cam.bg_threshold"), version=1,
-          image_splits=infer_split, per_image="report_rows:process", output_name="{id}.json"),
+          sections=("report.thumbnail", "report.boundary", "ins_seg.bg_threshold", "eval_cam.bg_threshold", "export"),
+          version=2, image_splits=infer_split, per_image="report_rows:process", output_name="{id}.json"),
     Stage("report", "review queue and HTML report of every finished stage",
           upstream=("train_cam", "make_cam", "eval_cam", "ir_label", "train_irn", "irn_infer", "sem_seg", "ins_seg", "export", "eval_sem_seg",
                     "eval_ins_seg", "merge_review", "train_seg", "eval_seg", "seg_infer", "report_rows", pseudo_masks),
-          sections=("report", "ins_seg", "eval_cam"), version=2, image_splits=infer_split, run="report:run",
+          sections=("report", "ins_seg", "eval_cam", "export"), version=3, image_splits=infer_split, run="report:run",
           input_files=("diagnose/oracles.json",), keeps="cache"),   # wsis diagnose's table and figures
 ]}

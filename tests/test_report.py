@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from wsis.report.html import write_report
 
@@ -278,8 +279,9 @@ def test_the_report_runs_no_model_and_orders_the_queue_as_a_live_forward_does(ti
         pred = predict_image(model, ds.load_image(image_id, original=True), arch["input_size"], "cpu",
                              MODEL_SCORE_THRESHOLD)
         return pred["masks"], to_dataset[pred["labels"]]
-    serial = mark_reviewed(build_queue(ds, ids, work / "ins_seg", work / "sem_seg", cfg["ins_seg"]["bg_threshold"],
-                                       live, None, work / "make_cam", cfg["eval_cam"]["bg_threshold"]), {})
+    serial = mark_reviewed(build_queue(ds, ids, work / "ins_seg", cfg["export"], work / "sem_seg",
+                                       cfg["ins_seg"]["bg_threshold"], live, None, work / "make_cam",
+                                       cfg["eval_cam"]["bg_threshold"]), {})
     assert "model" in serial["signals"]
 
     def refuse(*args, **kwargs):
@@ -293,3 +295,212 @@ def test_the_report_runs_no_model_and_orders_the_queue_as_a_live_forward_does(ti
     report.report_from_finished(Pipeline(STAGES, cfg, ds, work))
     assert json.loads((work / "report" / "queue.json").read_text()) == serial
     assert {s: snapshot(work / s) for s in before} == before      # read, not recomputed
+
+
+# ------------------------------------------------- the report shows what the COCO export holds
+def hand_built_run(tiny_data, work):
+    """A work dir built by hand on two images of the tiny dataset: ins_seg with, on the first
+    image, instances 1 and 3 and between them a zero-score fragment (2); on the second, a real
+    instance and one of 10 pixels under export.min_area = 20; seg_infer predicting exactly the
+    real instances; report_rows and export made from them. Returns (job of the report, cfg,
+    the instances the export must hold: {image id: {number: (mask, class)}})."""
+    from conftest import TINY
+    from pipelines.job import Job
+    from pipelines.stages import export, report_rows
+    from wsis.config import load_config
+    from wsis.data import open_dataset
+    from wsis.io import write_npz
+    from wsis.review.queue import write_predictions
+
+    cfg = load_config("synthetic", TINY)
+    cfg["export"]["min_area"] = 20
+    ds = open_dataset("synthetic", cfg, tiny_data)
+    a, b = ds.ids(cfg["data"]["infer_split"])[:2]
+
+    def boxes(image_id, *spec):       # (number, top, left, height, width) -> instance map
+        m = np.zeros(ds.original_size(image_id), np.int32)
+        for n, y, x, bh, bw in spec:
+            m[y:y + bh, x:x + bw] = n
+        return m
+    maps = {a: boxes(a, (1, 2, 2, 10, 10), (2, 20, 20, 2, 2), (3, 30, 30, 10, 16)),
+            b: boxes(b, (1, 5, 30, 5, 10), (2, 30, 5, 2, 5))}
+    classes = {a: [0, 1, 2], b: [3, 4]}
+    scores = {a: [0.8, 0.0, 0.6], b: [0.7, 0.9]}
+    margins = {a: [0.3, 0.9, 0.2], b: [0.5, 0.4]}
+    real = {a: (1, 3), b: (1,)}
+    truth = {i: {n: (maps[i] == n, classes[i][n - 1]) for n in real[i]} for i in (a, b)}
+    for i in (a, b):
+        write_npz(work / "ins_seg" / f"{i}.npz", instances=maps[i], classes=np.array(classes[i], np.int64),
+                  scores=np.array(scores[i], np.float32), margins=np.array(margins[i], np.float32))
+        masks = np.array([m for m, _ in truth[i].values()])
+        write_predictions(work / "seg_infer" / f"{i}.npz", masks, np.array([c for _, c in truth[i].values()]),
+                          np.ones(len(masks), np.float32))
+    ids = (a, b)
+    inputs = {"ins_seg": work / "ins_seg"}
+    for stage in ("report_rows", "export"):
+        (work / stage).mkdir()
+    report_rows.process(Job("report_rows", cfg, ds, ids, work / "report_rows", inputs), list(ids))
+    export.run(Job("export", cfg, ds, ids, work / "export", inputs))
+    job = Job("report", cfg, ds, ids, work / "report",
+              {**inputs, "seg_infer": work / "seg_infer", "report_rows": work / "report_rows", "export": work / "export"})
+    (work / "report").mkdir()
+    return job, cfg, truth
+
+
+def test_the_queue_and_the_headline_count_exactly_the_exported_instances(tiny_data, tmp_path):
+    """The fragment (score 0) and the instance under export.min_area are in no queue entry, no
+    confidence and no count: the headline counts the COCO export's annotations (read as JSON),
+    each instance keeps its number in the ins_seg map, the model's agreement is perfect (it
+    predicts exactly the exported instances; the fragment would lower it to 2/3), the marked
+    instance is the least confident of those shown, and the review export holds the COCO
+    export's masks."""
+    from pipelines.stages import report, report_gallery
+    from wsis.review.formats import review_items
+
+    job, cfg, truth = hand_built_run(tiny_data, tmp_path)
+    report.run(job)
+    queue = json.loads((tmp_path / "report" / "queue.json").read_text())
+    entries = {e["id"]: e for e in queue["images"]}
+    assert {i: [inst["index"] for inst in e["instances"]] for i, e in entries.items()} == \
+        {i: list(t) for i, t in truth.items()}
+    a, b = job.ids
+    over = 1 - cfg["ins_seg"]["bg_threshold"]          # the margin's largest value
+    expected = {a: {1: (0.8 + 0.3 / over + 1) / 3, 3: (0.6 + 0.2 / over + 1) / 3}, b: {1: (0.7 + 0.5 / over + 1) / 3}}
+    for i, e in entries.items():
+        assert e["signals"]["model"] == pytest.approx(1.0)
+        got = {inst["index"]: inst["confidence"] for inst in e["instances"]}
+        assert got == pytest.approx(expected[i])
+        assert e["confidence"] == pytest.approx((min(expected[i].values()) + 1.0) / 2)
+    coco = json.loads((tmp_path / "export" / "pseudo_labels.json").read_text())
+    assert len(coco["annotations"]) == 3
+    shown = {what: value for _, value, what in tiles((tmp_path / "report" / "index.html").read_text())}
+    assert shown["pseudo-instances"] == str(len(coco["annotations"]))
+    assert shown["instances per image"] == f"{len(coco['annotations']) / 2:.2f}"
+    # the least confident shown instance of the first image is instance 3, the second shown
+    marked, texts, _ = report_gallery.instance_labels(entries[a], job.dataset.class_names)
+    assert marked == 1 and len(texts) == 2
+    # the review export: exactly the COCO export's masks and classes, image by image
+    wsis_id = {im["id"]: im["wsis_id"] for im in coco["images"]}
+    exported = {i: sorted((mask_utils.decode(ann["segmentation"]).astype(bool).tobytes(), ann["category_id"] - 1)
+                          for ann in coco["annotations"] if wsis_id[ann["image_id"]] == i) for i in job.ids}
+    for item in review_items(queue, job.dataset, tmp_path / "ins_seg", None):
+        assert sorted((m.tobytes(), c) for m, c, _, _ in item["instances"]) == exported[item["id"]]
+        assert exported[item["id"]] == sorted((m.tobytes(), c) for m, c in truth[item["id"]].values())
+
+
+def test_the_report_reads_the_masks_from_report_rows(tiny_data, tmp_path):
+    """The confidences (model agreement) and the gallery pictures come from report_rows' rows
+    and seg_infer: with the instance maps gone the report is the same."""
+    from pipelines.stages import report
+
+    job, _, _ = hand_built_run(tiny_data, tmp_path)
+    report.run(job)
+    queue = (tmp_path / "report" / "queue.json").read_text()
+    shutil.rmtree(tmp_path / "report")
+    shutil.rmtree(tmp_path / "ins_seg")
+    (tmp_path / "ins_seg").mkdir()
+    (tmp_path / "report").mkdir()
+    report.run(job)
+    assert (tmp_path / "report" / "queue.json").read_text() == queue
+
+
+def test_the_export_rule_is_in_the_fingerprints_of_report_rows_and_report(tiny_data):
+    """report_rows holds only the exported instances: a change of export.score_threshold or
+    export.min_area makes it (and the report) stale."""
+    from conftest import TINY
+    from pipelines.cache import stale_reason
+    from pipelines.dag import STAGES
+    from pipelines.engine import Pipeline
+    from wsis.config import load_config
+    from wsis.data import open_dataset
+
+    def fingerprints(**export):
+        cfg = load_config("synthetic", TINY)
+        cfg["export"].update(export)
+        pipeline = Pipeline(STAGES, cfg, open_dataset("synthetic", cfg, tiny_data), tiny_data / "no-work-dir")
+        return {s: pipeline.fingerprint(pipeline.stages[s]) for s in ("report_rows", "report")}
+
+    before = fingerprints()
+    for change in ({"score_threshold": 0.5}, {"min_area": 7}):
+        after = fingerprints(**change)
+        for stage in ("report_rows", "report"):
+            assert after[stage][0] != before[stage][0], (stage, change)
+            assert "config [export] changed" in stale_reason(before[stage][1], after[stage][1])
+
+
+# ------------------------------------------------------- the report's per-image work on Dask
+def finished_report_job(tiny_data, work):
+    """The report stage's job on the finished stages of ``work`` (a copy of the tiny run)."""
+    from conftest import TINY
+    from pipelines.dag import STAGES
+    from pipelines.engine import Pipeline
+    from pipelines.stages.report import _finished_job
+    from wsis.config import load_config
+    from wsis.data import open_dataset
+    cfg = load_config("synthetic", TINY)
+    return _finished_job(Pipeline(STAGES, cfg, open_dataset("synthetic", cfg, tiny_data), work))
+
+
+def report_files(report_dir):
+    """{name: bytes} of every file of the report (pages, queue, plots, pictures)."""
+    return {p.relative_to(report_dir).as_posix(): p.read_bytes() for p in sorted(report_dir.rglob("*"))
+            if p.is_file()}
+
+
+def test_the_report_drawn_on_dask_workers_is_the_one_drawn_here(tiny_data, tiny_run, tmp_path, capsys):
+    """The report's per-image work (confidences, gallery rows, their pictures) as tasks on Dask
+    workers (``Job.map_ids`` on the engine's runner: 8 chunks of 2 images) writes the report
+    that the same work in this process writes, byte for byte: queue, pages, picture names and
+    pictures; each draws every picture once, from an empty report folder."""
+    import dataclasses
+
+    from pipelines.runner import DaskRunner
+    from pipelines.stages import report
+
+    built = {}
+    for where in ("here", "dask"):
+        work = tmp_path / where
+        shutil.copytree(tiny_run, work)
+        shutil.rmtree(work / "report")
+        job = finished_report_job(tiny_data, work)
+        (work / "report").mkdir()
+        capsys.readouterr()
+        if where == "here":
+            report.run(job)
+        else:
+            runner = DaskRunner(None, 2, "cpu")
+            try:
+                report.run(dataclasses.replace(job, mapper=runner.map_ids))
+                assert runner.client is not None             # the tasks went to the workers
+            finally:
+                runner.close()
+        built[where] = report_files(work / "report")
+        pictures = [n for n in built[where] if n.startswith("cache/")]
+        assert f"report: {len(pictures)} pictures drawn, 0 unchanged" in capsys.readouterr().out
+    assert built["here"].keys() == built["dask"].keys()
+    assert {n for n in built["here"] if n.startswith("cache/")}            # pictures were drawn
+    for name in built["here"]:
+        assert built["here"][name] == built["dask"][name], name
+
+
+def test_a_kept_picture_that_is_damaged_or_of_another_size_is_drawn_again(tiny_data, tiny_run, tmp_path, capsys):
+    """The report trusts a picture kept from an earlier build only when it decodes whole at the
+    size it should have: a rebuild draws nothing; a truncated picture and one of another size
+    are drawn again, the same bytes as before."""
+    from pipelines.stages import report
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_run, work)
+    job = finished_report_job(tiny_data, work)
+    cache = work / "report" / "cache"
+    good = {p.name: p.read_bytes() for p in sorted(cache.iterdir())}
+    capsys.readouterr()
+    report.run(job)
+    assert f"report: 0 pictures drawn, {len(good)} unchanged" in capsys.readouterr().out
+    truncated, resized = sorted(good)[:2]
+    (cache / truncated).write_bytes(good[truncated][:len(good[truncated]) // 2])
+    with Image.open(cache / resized) as im:
+        im.resize((im.width + 1, im.height)).save(cache / resized, format="JPEG")
+    report.run(job)
+    assert f"report: 2 pictures drawn, {len(good) - 2} unchanged" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in sorted(cache.iterdir())} == good

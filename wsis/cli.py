@@ -353,7 +353,7 @@ def review_export(fmt, top, include_reviewed, out, image_url_prefix, **common):
         queue = dict(queue, images=[e for e in queue["images"] if not e["reviewed"]])
     from pipelines.dag import pseudo_masks
     items = review_items(queue, pipeline.dataset, pipeline.out_dir(pipeline.stages[pseudo_masks(pipeline.cfg)]), top,
-                         pipeline.cfg["export"], reviewed)
+                         reviewed)
     suffix = "zip" if fmt == "cvat" else "json"
     out = out or session.work_dir / "review" / "export" / f"review_{fmt}.{suffix}"
     setup = None

@@ -9,26 +9,23 @@ those whose content changed are drawn again), ``queue.json`` (the review queue, 
 when there is ground truth).
 
 The per-image work runs before, on Dask: report_rows (signals and pictures from the
-pseudo-labels) and seg_infer (the model's predictions); this stage reads their files, adds the
-model's agreement, orders the queue and writes the pages."""
+pseudo-labels, the masks of the instances the COCO export holds) and seg_infer (the model's
+predictions). This stage reads their files in per-image tasks on the same Dask workers
+(``Job.map_ids``): each image's confidences with the model's agreement, then, once the queue
+is ordered, its gallery row and the pictures whose content changed. It runs no model."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from wsis.errors import WsisError
-from wsis.io import link_file, read_json, read_npz, write_json
-from wsis.report import gallery, plots
-from wsis.report.html import LOW_CONFIDENCE, headline, least_confident_instance, write_report
+from wsis.io import read_json, write_json
+from wsis.report import plots
+from wsis.report.html import headline, write_report
 from wsis.review.formats import read_store
-from wsis.review.queue import (QUEUE_FILE, build_queue, instance_masks, mark_reviewed, order_figures, ordered,
-                               stored_predictions, with_confidence)
+from wsis.review.queue import QUEUE_FILE, build_queue, mark_reviewed, order_figures, ordered, stored_predictions
 
 from ..cache import MANIFEST
 from ..engine import Pipeline
@@ -36,11 +33,10 @@ from ..job import METRICS, Job
 from ..trainer import LOSS_HISTORY_FILE
 from .export import EXPORT_FILE, instance_dir
 from .merge_review import REVIEW_STORE
+from .report_gallery import confidences, gallery_rows, prune_pictures
 
 TRAINING_STAGES = ("train_cam", "train_irn", "train_seg")
 REVIEW_FIRST = 10          # images in "review these first", at the top of the report
-REVIEW_FIRST_SIZE = 240    # their pictures' long side in pixels: larger than the gallery's, to see the marked object
-CACHE = "cache"            # the stage's ``keeps`` folder: the pictures drawn here, by content
 
 
 _STORES: dict = {}
@@ -55,76 +51,43 @@ def _reviewed(store: Path) -> dict:
     return _STORES[key]
 
 
-def queue_of(job: Job, rows: dict | None = None) -> dict:
+def queue_of(job: Job) -> dict:
     """The review queue from the finished stages in ``job.inputs`` (ins_seg is required):
-    each image's entry from ``rows`` (report_rows' files, read when that stage is in the
-    inputs) or else computed here, the model's agreement from seg_infer's predictions when it
-    is there (the model is not run), reviewed images marked."""
+    each image's entry from report_rows' files when that stage is in the inputs, its
+    confidences computed in ``job.map_ids`` tasks (``confidences``), else everything computed
+    here (``build_queue``); the model's agreement from seg_infer's predictions when they are
+    there (the model is not run); reviewed images marked."""
     inputs = job.inputs
     if "ins_seg" not in inputs:
         raise WsisError(f"{job.out_dir.parent}: no finished ins_seg stage; run `wsis run --stage export` first")
-    predictions = stored_predictions(inputs["seg_infer"]) if "seg_infer" in inputs else None
-    ins_dir = instance_dir(inputs)
-    if rows is None and "report_rows" in inputs:
-        rows = read_rows(inputs["report_rows"], job.ids)
-    if rows is not None:
-        queue = ordered([with_confidence(rows[i]["entry"], ins_dir, predictions) for i in job.ids])
+    if "report_rows" in inputs:
+        entries = merged(job.map_ids(confidences, dict.fromkeys(job.ids), "confidences"))
+        queue = ordered([entries[i] for i in job.ids])
     else:
-        queue = build_queue(job.dataset, job.ids, ins_dir, inputs.get("sem_seg"), job.cfg["ins_seg"]["bg_threshold"],
-                            predictions, job.progress(len(job.ids)), inputs.get("make_cam"),
-                            job.cfg["eval_cam"]["bg_threshold"])
+        predictions = stored_predictions(inputs["seg_infer"]) if "seg_infer" in inputs else None
+        queue = build_queue(job.dataset, job.ids, instance_dir(inputs), job.cfg["export"], inputs.get("sem_seg"),
+                            job.cfg["ins_seg"]["bg_threshold"], predictions, job.progress(len(job.ids)),
+                            inputs.get("make_cam"), job.cfg["eval_cam"]["bg_threshold"])
     # images reviewed (wsis review import) are marked; an import makes this stage stale through merge_review
     return mark_reviewed(queue, _reviewed(job.out_dir.parent / REVIEW_STORE))
 
 
-def read_rows(rows_dir: Path, ids) -> dict:
-    return {i: read_json(rows_dir / f"{i}.json") for i in ids}
+def merged(results: list[dict]) -> dict:
+    """One dict of ``map_ids`` tasks' {image id: result} dicts."""
+    return {k: v for result in results for k, v in result.items()}
 
 
-def rows_here(job: Job) -> Path:
-    """report_rows' outputs, or where report_rows' work is done here (one process) when that
-    stage has not finished (``wsis report`` of a partial run)."""
+def with_rows(job: Job) -> Job:
+    """``job`` with report_rows' outputs in its inputs: that stage's, or when it has not
+    finished (``wsis report`` of a partial run) its work done now, in ``job.map_ids`` tasks,
+    into this stage's ``rows/``."""
     if "report_rows" in job.inputs:
-        return job.inputs["report_rows"]
+        return job
     from . import report_rows
     out = job.out_dir / "rows"
     out.mkdir(parents=True, exist_ok=True)
-    report_rows.process(dataclasses.replace(job, stage="report_rows", out_dir=out), list(job.ids))
-    return out
-
-
-class Pictures:
-    """The pictures this stage draws (they show confidences or reviewed masks), in its
-    ``keeps`` folder, each named by a hash of what it shows: one whose content did not change
-    since the last report is not drawn again. ``drawn`` counts those drawn."""
-
-    def __init__(self, out_dir: Path):
-        self.out_dir, self.dir = out_dir, out_dir / CACHE
-        self.used: set[str] = set()
-        self.drawn = 0
-
-    def get(self, image_id: str, kind: str, shows: dict, size: int, draw) -> tuple[str, int, int]:
-        """(path relative to the report, width, height) of the picture showing ``shows``
-        (JSON-able); ``draw()`` makes its RGB array when it is not there."""
-        digest = hashlib.sha256(json.dumps(shows, sort_keys=True).encode()).hexdigest()[:20]
-        name = f"{image_id}_{kind}_{digest}.jpg"
-        path = self.dir / name
-        self.used.add(name)
-        if path.is_file():
-            from PIL import Image
-            with Image.open(path) as im:
-                w, h = im.size
-        else:
-            w, h = gallery.save_thumb(draw(), path, size)
-            self.drawn += 1
-        return f"{CACHE}/{name}", w, h
-
-    def prune(self) -> None:
-        """Remove the pictures no row uses any more."""
-        if self.dir.is_dir():
-            for p in self.dir.iterdir():
-                if p.name not in self.used:
-                    p.unlink()
+    dataclasses.replace(job, stage="report_rows", out_dir=out).map_ids(report_rows.process, dict.fromkeys(job.ids))
+    return dataclasses.replace(job, inputs={**job.inputs, "report_rows": out})
 
 
 def _finished_job(pipeline: Pipeline) -> Job:
@@ -143,7 +106,8 @@ def current_queue(pipeline: Pipeline) -> dict:
     path = pipeline.out_dir(stage) / QUEUE_FILE
     if pipeline.state(stage).status == "done" and path.is_file():
         return read_json(path)
-    return queue_of(_finished_job(pipeline))
+    with pipeline.mapper() as mapper:
+        return queue_of(dataclasses.replace(_finished_job(pipeline), mapper=mapper))
 
 
 def report_from_finished(pipeline: Pipeline) -> Path:
@@ -153,10 +117,10 @@ def report_from_finished(pipeline: Pipeline) -> Path:
     out = pipeline.out_dir(stage)
     if pipeline.state(stage).status == "done":
         return out / "index.html"
-    job = _finished_job(pipeline)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
-    run(job)
+    with pipeline.mapper() as mapper:
+        run(dataclasses.replace(_finished_job(pipeline), mapper=mapper))
     return out / "index.html"
 
 
@@ -188,89 +152,10 @@ def _make_plots(job: Job, queue: dict, metrics: dict) -> list[tuple[str, str]]:
     return [(str(p.relative_to(job.out_dir)), caption) for p, caption in made if p is not None]
 
 
-def _gallery_row(job: Job, rank: int, entry: dict, row: dict, rows_dir: Path, pictures: Pictures,
-                 review_first: bool) -> dict:
-    """One gallery row (see html.gallery_row) and its "first_picture": for an image in "review
-    these first" (``review_first``), a larger picture of its pseudo-instances (src, width,
-    height), else None. report_rows' pictures (``row``) are linked into gallery/; those that
-    show confidences or reviewed masks come from ``pictures``."""
-    ds, size, names = job.dataset, job.cfg["report"]["thumbnail"], job.dataset.class_names
-    image_id = entry["id"]
-    loaded: dict = {}
-
-    def image():
-        if "image" not in loaded:
-            loaded["image"] = ds.load_image(image_id, original=True)   # the pseudo-masks are at the original size
-        return loaded["image"]
-
-    def instances():
-        if "z" not in loaded:
-            z = read_npz(instance_dir(job.inputs) / f"{image_id}.npz")
-            loaded["z"] = (instance_masks(z), z["classes"])
-        return loaded["z"]
-
-    def linked(cell) -> tuple:
-        name, w, h, caption = cell
-        link_file(rows_dir / name, job.out_dir / "gallery" / name)
-        return f"gallery/{name}", w, h, caption
-
-    cells = [linked(c) for c in row["cells"]]
-    n = len(entry["instances"])
-    marked, texts, doubtful = instance_labels(entry, names)
-    shows = {"sources": row["sources"], "texts": texts, "doubtful": doubtful, "marked": marked}
-
-    def overlay(at: int):
-        return lambda: gallery.instance_overlay(image(), *instances(), texts, size=at, doubtful=doubtful,
-                                                marked=marked)
-
-    cells.append((*pictures.get(image_id, "instances", dict(shows, size=size), size, overlay(size)),
-                  f"{n} pseudo-instances"))
-    first_picture = None
-    if review_first:
-        first_picture = pictures.get(image_id, "first", dict(shows, size=REVIEW_FIRST_SIZE), REVIEW_FIRST_SIZE,
-                                     overlay(REVIEW_FIRST_SIZE))
-    note = f"{n} instances"
-    if entry.get("reviewed"):
-        done = _reviewed(job.out_dir.parent / REVIEW_STORE).get(image_id, {"instances": []})["instances"]
-
-        def reviewed_overlay():
-            from wsis.coco import rle_decode
-            rmasks = np.array([rle_decode(i["segmentation"]) for i in done], bool).reshape(-1, *image().shape[:2])
-            classes = np.array([i["class"] for i in done], np.int64)
-            return gallery.instance_overlay(image(), rmasks, classes, [names[c] for c in classes], size=size)
-        cells.append((*pictures.get(image_id, "reviewed", {"photo": row["sources"]["photo"], "review": done,
-                                                           "names": list(names), "size": size}, size, reviewed_overlay),
-                      f"reviewed: {len(done)} instances"))
-        note += f", reviewed ({len(done)} instances)"
-    if row["gt_cell"] is not None:
-        cells.append(linked(row["gt_cell"]))
-        note += f", GT IoU {entry['gt_quality']:.2f}"
-    worst = least_confident_instance(entry)
-    return {"rank": rank, "id": image_id, "confidence": entry["confidence"], "note": note, "cells": cells,
-            "reviewed": bool(entry.get("reviewed")), "worst": None if worst is None else instance_text(worst, names),
-            "first_picture": first_picture}
-
-
-def instance_text(instance: dict, names) -> str:
-    """An instance's label in the gallery: its class and confidence."""
-    return f"{names[instance['class']]} {instance['confidence']:.2f}"
-
-
-def instance_labels(entry: dict, names) -> tuple[int | None, list[str], list[bool]]:
-    """For a queue entry's instances, in ins_seg order: the index of the least confident
-    (marked), each one's label text, and whether it is under LOW_CONFIDENCE."""
-    instances = sorted(entry["instances"], key=lambda i: i["index"])
-    worst = least_confident_instance(entry)
-    marked = None if worst is None else worst["index"] - 1
-    return (marked, [instance_text(i, names) for i in instances],
-            [i["confidence"] < LOW_CONFIDENCE for i in instances])
-
-
 def run(job: Job) -> None:
     c = job.cfg["report"]
-    rows_dir = rows_here(job)
-    rows = read_rows(rows_dir, job.ids)
-    queue = queue_of(job, rows)
+    job = with_rows(job)
+    queue = queue_of(job)
     write_json(job.out_dir / QUEUE_FILE, queue)
     metrics = {s: read_json(d / METRICS) for s, d in job.inputs.items() if (d / METRICS).is_file()}
     split = job.cfg["data"]["infer_split"]
@@ -291,18 +176,19 @@ def run(job: Job) -> None:
     # "review these first": the least confident images (the queue's order) a reviewer has not done yet
     first_ids = set([e["id"] for e in queue["images"] if not e.get("reviewed")][:REVIEW_FIRST])
     shutil.rmtree(job.out_dir / "gallery", ignore_errors=True)
-    pictures = Pictures(job.out_dir)
-    progress = job.progress(len(queue["images"]))
-    gallery_rows = []
-    for rank, entry in enumerate(queue["images"], start=1):
-        gallery_rows.append(_gallery_row(job, rank, entry, rows[entry["id"]], rows_dir, pictures,
-                                         entry["id"] in first_ids))
-        progress.update(1)
-    pictures.prune()
-    print(f"report: {pictures.drawn} pictures drawn, {len(pictures.used) - pictures.drawn} unchanged", flush=True)
+    reviewed = _reviewed(job.out_dir.parent / REVIEW_STORE)
+    work = {e["id"]: {"rank": rank, "entry": e, "first": e["id"] in first_ids,
+                      "reviewed": reviewed[e["id"]]["instances"] if e["reviewed"] else None}
+            for rank, e in enumerate(queue["images"], start=1)}
+    done = job.map_ids(gallery_rows, work, "gallery rows")
+    rows = merged([d["rows"] for d in done])
+    page_rows = [rows[e["id"]] for e in queue["images"]]    # in the queue's order
+    used, drawn = {n for d in done for n in d["used"]}, sum(d["drawn"] for d in done)
+    prune_pictures(job.out_dir, used)
+    print(f"report: {drawn} pictures drawn, {len(used) - drawn} unchanged", flush=True)
     signals = ", ".join(queue["signals"]) or "none"
-    summary = (f"{len(gallery_rows)} images of split '{split}', dataset '{job.dataset.kind}'. Review order: least "
+    summary = (f"{len(page_rows)} images of split '{split}', dataset '{job.dataset.kind}'. Review order: least "
                f"confident first; confidence (0 to 1) from the signals {signals}.")
-    path = write_report(job.out_dir, "wsis report", summary, metrics, plot_files, gallery_rows, c["rows_per_page"],
-                        headline(metrics, split, queue), [r for r in gallery_rows if r["first_picture"]])
+    path = write_report(job.out_dir, "wsis report", summary, metrics, plot_files, page_rows, c["rows_per_page"],
+                        headline(metrics, split, queue), [r for r in page_rows if r["first_picture"]])
     print(f"report: {path}", flush=True)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from wsis.config import section_hash
 from wsis.io import file_sha256, read_label_png, read_npz, write_json
 from wsis.report import gallery
-from wsis.review.queue import pseudo_signals
+from wsis.review.queue import encode_masks, pseudo_signals
 
 from ..job import Job
 from .export import instance_dir
@@ -21,10 +22,11 @@ from .export import instance_dir
 
 def process(job: Job, ids: list[str]) -> None:
     """Writes ``<id>.json``: ``entry`` (the queue entry without the model and the
-    confidences), ``cells`` ([file, width, height, caption] of the pictures before the
-    pseudo-instances), ``gt_cell`` (the ground truth's, or null) and ``sources`` (content
-    hashes of the photo and the pseudo-masks, which the report's own pictures are keyed by);
-    the pictures ``<id>_<kind>`` beside it."""
+    confidences: the instances the COCO export holds), ``masks`` (theirs, ``encode_masks``:
+    the report needs no instance map), ``cells`` ([file, width, height, caption] of the
+    pictures before the pseudo-instances), ``gt_cell`` (the ground truth's, or null) and
+    ``sources`` (hashes of the photo file and of ``masks``, which the report's own pictures
+    are keyed by); the pictures ``<id>_<kind>`` beside it."""
     for image_id in ids:
         write_json(job.out_dir / f"{image_id}.json", row(job, image_id))
 
@@ -33,8 +35,10 @@ def row(job: Job, image_id: str) -> dict:
     ds, inputs, c = job.dataset, job.inputs, job.cfg["report"]
     size, names = c["thumbnail"], ds.class_names
     ins_dir = instance_dir(inputs)
-    entry = pseudo_signals(ds, image_id, ins_dir, inputs.get("sem_seg"), job.cfg["ins_seg"]["bg_threshold"],
-                           inputs.get("make_cam"), job.cfg["eval_cam"]["bg_threshold"])
+    entry, masks = pseudo_signals(ds, image_id, ins_dir, job.cfg["export"], inputs.get("sem_seg"),
+                                  job.cfg["ins_seg"]["bg_threshold"], inputs.get("make_cam"),
+                                  job.cfg["eval_cam"]["bg_threshold"])
+    encoded = encode_masks(masks)
     image = ds.load_image(image_id, original=True)   # the pseudo-masks are at the original size
     cells = []
 
@@ -66,6 +70,5 @@ def row(job: Job, image_id: str) -> dict:
         gt = ds.instance_gt(image_id)
         gt_cell = picture(gallery.instance_overlay(image, gt.masks, gt.classes, [names[k] for k in gt.classes],
                                                    size=size), "gt.jpg", "ground truth")
-    return {"entry": entry, "cells": cells, "gt_cell": gt_cell,
-            "sources": {"photo": file_sha256(ds.image_path(image_id)),
-                        "instances": file_sha256(ins_dir / f"{image_id}.npz")}}
+    return {"entry": entry, "masks": encoded, "cells": cells, "gt_cell": gt_cell,
+            "sources": {"photo": file_sha256(ds.image_path(image_id)), "instances": section_hash(encoded)}}

@@ -107,6 +107,26 @@ def _edges(mask: np.ndarray, width: int = 1) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=0)
 
 
+def overlay_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) of ``instance_overlay(..., size=size)`` of a ``width`` x ``height``
+    image: its long side scaled to ``size``."""
+    scale = size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def intact_picture(path: Path, size: tuple[int, int]) -> bool:
+    """Whether ``path`` decodes whole as an image of ``size`` (width, height): a picture kept
+    from an earlier report is trusted only then."""
+    try:
+        with Image.open(path) as img:
+            if img.size != tuple(size):
+                return False
+            img.load()      # a truncated file fails here, not at the header
+    except (OSError, SyntaxError, ValueError):   # FileNotFoundError and PIL's errors included
+        return False
+    return True
+
+
 def instance_overlay(image: np.ndarray, masks, labels, texts, outline: bool = True, *, size: int | None = None,
                      doubtful=None, marked: int | None = None) -> np.ndarray:
     """Each instance in its own colour (by instance, not class; ``labels`` are not used for
@@ -119,8 +139,7 @@ def instance_overlay(image: np.ndarray, masks, labels, texts, outline: bool = Tr
     masks = np.asarray(masks, bool).reshape(-1, *image.shape[:2])
     img = Image.fromarray(np.ascontiguousarray(image, np.uint8))
     if size is not None and max(img.size) != size:
-        scale = size / max(img.size)
-        out_size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        out_size = overlay_size(img.width, img.height, size)
         img = img.resize(out_size, Image.BILINEAR)
         masks = np.array([np.asarray(Image.fromarray(m).resize(out_size, Image.NEAREST)) for m in masks],
                          bool).reshape(-1, out_size[1], out_size[0])

@@ -51,14 +51,12 @@ DEFAULT_MAX_MEMBER_MB = 256.0    # review.max_member_mb when the config has no s
 
 
 # ------------------------------------------------------------------------------ export
-def review_items(queue: dict, dataset, ins_dir: Path, top: int | None, export_cfg: dict,
-                 reviewed: dict | None = None) -> list[dict]:
-    """The first ``top`` images of the queue (all when None) with their pseudo-instances: those
-    the COCO export holds (``export_cfg``, wsis.coco.exported), so that what a reviewer deletes
-    or keeps is what training would have read. An image in ``reviewed`` (the review store's
-    images) comes with its reviewed instances instead (score and confidence 1), marked
-    ``reviewed``: a second review starts from the first."""
-    from wsis.coco import exported
+def review_items(queue: dict, dataset, ins_dir: Path, top: int | None, reviewed: dict | None = None) -> list[dict]:
+    """The first ``top`` images of the queue (all when None) with their pseudo-instances: the
+    queue's, which are those the COCO export holds (``queue.pseudo_signals``), so that what a
+    reviewer deletes or keeps is what training would have read. An image in ``reviewed`` (the
+    review store's images) comes with its reviewed instances instead (score and confidence 1),
+    marked ``reviewed``: a second review starts from the first."""
     from wsis.io import read_npz
     from .queue import instance_masks
     reviewed = reviewed or {}
@@ -78,8 +76,7 @@ def review_items(queue: dict, dataset, ins_dir: Path, top: int | None, export_cf
             h, w = z["instances"].shape
             item.update(height=h, width=w,
                         instances=[(masks[i["index"] - 1], i["class"], i["score"], i["confidence"])
-                                   for i in entry["instances"]
-                                   if exported(i["score"], int(masks[i["index"] - 1].sum()), export_cfg)])
+                                   for i in entry["instances"]])
         items.append(item)
     return items
 

@@ -1,5 +1,6 @@
 """The review queue of a run: confidence per instance and per image from the stage outputs on
-disk (ins_seg, sem_seg, and seg_infer's model predictions when they are there), least confident first."""
+disk (ins_seg, sem_seg, and seg_infer's model predictions when they are there), least confident first.
+Its instances are those the COCO export holds (``wsis.coco.exported_instances``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from wsis.algorithms.labels import scores_to_label
 from wsis.io import read_label_png, read_npz, write_npz
 
 from . import confidence as conf
@@ -41,49 +41,73 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return masks, z["labels"], z["scores"]
 
 
-def pseudo_signals(dataset, image_id: str, ins_dir: Path, sem_dir: Path | None, bg_threshold: float,
-                   cam_dir: Path | None = None, cam_bg_threshold: float = 0.15) -> dict:
-    """One image's queue entry without the model and without confidences: id, image-level
-    signals, instances (index n in the ins_seg map, class, score, signals) and, with ground
-    truth, ``gt_quality`` (confidence.matched_quality of its instances). JSON-ready: the
-    report_rows stage stores it per image."""
+def encode_masks(masks: np.ndarray) -> dict:
+    """(N, H, W) masks as JSON: {"size": [H, W], "counts": [each mask's COCO RLE counts]}; a
+    few kB per image, where the instance map is H x W x 4 bytes."""
+    from wsis.coco import rle_encode
+    return {"size": list(masks.shape[1:]), "counts": [rle_encode(m)["counts"] for m in masks]}
+
+
+def decode_masks(encoded: dict) -> np.ndarray:
+    """The (N, H, W) masks ``encode_masks`` gave ``encoded``."""
+    from wsis.coco import rle_decode
+    size = encoded["size"]
+    return np.array([rle_decode({"size": size, "counts": c}) for c in encoded["counts"]], bool).reshape(-1, *size)
+
+
+def pseudo_signals(dataset, image_id: str, ins_dir: Path, export_cfg: dict, sem_dir: Path | None,
+                   bg_threshold: float, cam_dir: Path | None = None,
+                   cam_bg_threshold: float = 0.15) -> tuple[dict, np.ndarray]:
+    """One image's queue entry without the model and without confidences, and the (N, H, W)
+    masks of its instances. Its instances are those the COCO export holds
+    (``wsis.coco.exported_instances`` with ``export_cfg``), so that the queue, its confidences
+    and the report count and show what training and the review export read. The entry: id,
+    image-level signals, instances (index: the instance's number n in the ins_seg map; class,
+    score, signals) and, with ground truth, ``gt_quality`` (confidence.matched_quality of its
+    instances). JSON-ready: the report_rows stage stores it per image."""
+    from wsis.coco import exported_instances
     z = read_npz(Path(ins_dir) / f"{image_id}.npz")
-    masks, classes, scores = instance_masks(z), z["classes"], z["scores"]
+    kept = list(exported_instances(z, export_cfg))
+    numbers = np.array([k[0] for k in kept], np.int64)
+    masks = np.array([k[1] for k in kept], bool).reshape(-1, *z["instances"].shape)
+    classes = np.array([k[2] for k in kept], np.int64)
+    scores = np.array([k[3] for k in kept], np.float64)
     signals: dict[str, np.ndarray] = {"score": scores}
     if "margins" in z:
-        signals["margin"] = z["margins"] / max(1.0 - bg_threshold, 1e-6)
+        signals["margin"] = z["margins"][numbers - 1] / max(1.0 - bg_threshold, 1e-6)
     image_signals: dict[str, float] = {}
     if sem_dir is not None:
         signals["semantic"], image_signals["semantic"] = conf.label_agreement(
             masks, classes, read_label_png(Path(sem_dir) / f"{image_id}.png"))
     if cam_dir is not None:
+        # imported here: it brings PyTorch, which the report's Dask tasks (this module's other users) need not load
+        from wsis.algorithms.labels import scores_to_label
         c = read_npz(Path(cam_dir) / f"{image_id}.npz")
         cam_labels = scores_to_label(c["high_res"].astype(np.float32), c["classes"].tolist(), cam_bg_threshold)
         signals["cam"], image_signals["cam"] = conf.label_agreement(masks, classes, cam_labels)
     entry = {"id": image_id, "signals": {k: float(v) for k, v in image_signals.items()},
-             "instances": [{"index": n + 1, "class": int(classes[n]), "score": float(scores[n]),
-                            "signals": {k: float(v[n]) for k, v in signals.items()}}
-                           for n in range(len(masks))]}
+             "instances": [{"index": int(numbers[k]), "class": int(classes[k]), "score": float(scores[k]),
+                            "signals": {name: float(v[k]) for name, v in signals.items()}}
+                           for k in range(len(masks))]}
     if dataset.has_masks:
         gt = dataset.instance_gt(image_id)
         pairs = conf.match_instances(masks, classes, gt.masks, gt.classes)
         entry["gt_quality"] = conf.matched_quality(pairs, len(masks), len(gt.masks))
-    return entry
+    return entry, masks
 
 
-def with_confidence(entry: dict, ins_dir: Path, predictions=None) -> dict:
+def with_confidence(entry: dict, masks: np.ndarray | None = None, predictions=None) -> dict:
     """``entry`` (``pseudo_signals``) with the model's agreement when ``predictions`` (a
-    function of the image id giving the model's masks and dataset labels, or None) and the
-    confidence of each instance and of the image."""
+    function of the image id giving the model's masks and dataset labels, or None; it needs
+    ``masks``, the (N, H, W) masks of the entry's instances in its order) and the confidence
+    of each instance and of the image."""
     entry = {**entry, "signals": dict(entry["signals"]), "instances": [dict(i) for i in entry["instances"]]}
     instances = entry["instances"]
     if predictions is not None:
-        z = read_npz(Path(ins_dir) / f"{entry['id']}.npz")
-        masks, classes = instance_masks(z), z["classes"]
         pm, pc = predictions(entry["id"])
-        pairs = conf.match_instances(masks, classes, pm, pc)
-        agreement = conf.best_iou_per_instance(pairs, len(masks))
-        entry["signals"]["model"] = conf.matched_quality(pairs, len(masks), len(pm))
+        pairs = conf.match_instances(masks, [i["class"] for i in instances], pm, pc)
+        agreement = conf.best_iou_per_instance(pairs, len(instances))
+        entry["signals"]["model"] = conf.matched_quality(pairs, len(instances), len(pm))
         for n, inst in enumerate(instances):
             inst["signals"] = {**inst["signals"], "model": float(agreement[n])}
     names = sorted(instances[0]["signals"], key=SIGNAL_ORDER.index) if instances else []
@@ -112,7 +136,7 @@ def stored_predictions(seg_infer_dir: Path):
     return predictions
 
 
-def build_queue(dataset, ids, ins_dir: Path, sem_dir: Path | None, bg_threshold: float,
+def build_queue(dataset, ids, ins_dir: Path, export_cfg: dict, sem_dir: Path | None, bg_threshold: float,
                 predictions=None, progress=None, cam_dir: Path | None = None,
                 cam_bg_threshold: float = 0.15) -> dict:
     """{"signals": names, "images": [per image, least confident first]}: each image's
@@ -120,8 +144,9 @@ def build_queue(dataset, ids, ins_dir: Path, sem_dir: Path | None, bg_threshold:
     report_rows' per-image entries instead). ``predictions``: see ``with_confidence``."""
     entries = []
     for image_id in ids:
-        entry = pseudo_signals(dataset, image_id, ins_dir, sem_dir, bg_threshold, cam_dir, cam_bg_threshold)
-        entries.append(with_confidence(entry, ins_dir, predictions))
+        entry, masks = pseudo_signals(dataset, image_id, ins_dir, export_cfg, sem_dir, bg_threshold, cam_dir,
+                                      cam_bg_threshold)
+        entries.append(with_confidence(entry, masks, predictions))
         if progress is not None:
             progress.update(1)
     return ordered(entries)
