@@ -129,9 +129,10 @@ def test_downscaled_cam_input_is_antialiased_bicubic():
     assert fed.std() < 0.5 * aliased.numpy().std()
 
 
-def _train_cam(tiny_data, out: Path, weights: Path, **train_cam) -> dict:
-    """train_cam on the tiny synthetic set with a ResNet-18 from ``weights``, frozen whole."""
-    cfg = load_config("synthetic", TINY, overrides=[f"backbone.weights={weights}", "backbone.frozen_stages=4",
+def _train_cam(tiny_data, out: Path, weights: Path, frozen_stages: int = 4, **train_cam) -> dict:
+    """train_cam on the tiny synthetic set with a ResNet-18 from ``weights``, its stem and first
+    ``frozen_stages`` stages frozen (4: all)."""
+    cfg = load_config("synthetic", TINY, overrides=[f"backbone.weights={weights}", f"backbone.frozen_stages={frozen_stages}",
                                                     "backbone.freeze_bn=true"])
     cfg["train_cam"].update(train_cam)
     ds = open_dataset("synthetic", cfg, tiny_data)
@@ -173,9 +174,14 @@ def torchvision_state(path) -> dict:
     return {f"backbone.{k}": v for k, v in net.state_dict().items()}
 
 
-def test_cached_views_refuse_a_backbone_that_trains(tiny_data, tmp_path, resnet18_file):
-    cfg = load_config("synthetic", TINY, overrides=[f"backbone.weights={resnet18_file}", "backbone.frozen_stages=2",
-                                                    "train_cam.cached_views=2"])
-    ds = open_dataset("synthetic", cfg, tiny_data)
-    with pytest.raises(ConfigError, match=r"cached_views = 2 needs a backbone that learns nothing.*frozen_stages = 4"):
-        train_cam_stage.run(Job("train_cam", cfg, ds, ds.ids(cfg["data"]["train_split"]), tmp_path, {}, "cpu", 1))
+def test_cached_views_leave_a_backbone_that_trains_to_per_step_crops(tiny_data, tmp_path, resnet18_file, capsys):
+    """A backbone that learns (here stages 3-4) cannot have its crops pooled once: one line says
+    so, and training runs the backbone every step, as with cached_views = 0."""
+    trained = _train_cam(tiny_data, tmp_path / "cached", resnet18_file, frozen_stages=2, epochs=1, cached_views=2)
+    assert "cached_views = 2 applies to a backbone that learns nothing" in capsys.readouterr().err
+    plain = _train_cam(tiny_data, tmp_path / "plain", resnet18_file, frozen_stages=2, epochs=1, cached_views=0)
+    start = torchvision_state(resnet18_file)
+    key = "backbone.stages.4.0.conv1.weight"
+    assert not torch.allclose(trained[key], start[key])
+    for k in plain:
+        torch.testing.assert_close(trained[k], plain[k], rtol=1e-5, atol=1e-6)

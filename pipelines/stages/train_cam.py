@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -60,14 +62,16 @@ def run(job: Job) -> None:
     views = c["cached_views"]
     if views < 0:
         raise ConfigError(f"train_cam.cached_views = {views}: expected 0 (off) or a number of views")
+    if views and not backbone_is_frozen(model):
+        # as backbone.freeze_bn and frozen_stages, which apply to pretrained weights only
+        print(f"train_cam.cached_views = {views} applies to a backbone that learns nothing (pretrained weights, "
+              f"backbone.freeze_bn = true, frozen_stages = {len(model.backbone.stages) - 1}); this one learns, so "
+              f"every step runs it on its crop", file=sys.stderr, flush=True)
+        views = 0
     if views:
         # The backbone learns nothing, so a crop's pooled features never change: each image's
         # crops of the first ``views`` epochs are pooled once, and every epoch trains the head
         # on one of them. With views >= epochs this is exactly the uncached training.
-        if not backbone_is_frozen(model):
-            raise ConfigError(f"train_cam.cached_views = {views} needs a backbone that learns nothing: pretrained "
-                              f"weights, backbone.freeze_bn = true and backbone.frozen_stages = "
-                              f"{len(model.backbone.stages) - 1} (all stages); or set train_cam.cached_views = 0")
         pooled = pooled_views(job, model, make_sample, views, c["batch_size"])
 
         def make_pooled_sample(index, epoch):
