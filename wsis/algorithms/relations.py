@@ -13,43 +13,49 @@ import numpy as np
 IGNORE = 255
 
 
-def crf_refine_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, gt_prob: float = 0.7,
+def crf_refine_labels(image: np.ndarray, label_maps: list[np.ndarray], n_labels: int, gt_prob: float = 0.7,
                       iterations: int = 10, gauss_sxy: float = 3, gauss_compat: float = 3,
                       bilateral_sxy: float = 50, bilateral_srgb: float = 5,
-                      bilateral_compat: float = 10) -> np.ndarray:
-    """Dense CRF over a hard label map (unary from labels with confidence ``gt_prob``).
+                      bilateral_compat: float = 10) -> list[np.ndarray]:
+    """Each hard label map of ``image`` refined by a dense CRF (unary from its labels with
+    confidence ``gt_prob``).
 
-    Defaults are the reference code's: Gaussian sxy 3 compat 3, bilateral sxy 50 srgb 5
-    compat 10, 10 mean-field iterations."""
+    The pairwise terms depend on the image alone, so they are built once for all the maps (the
+    bilateral one is a third of a CRF's cost); mean-field inference starts afresh from each
+    map's unary, so each result is the one a CRF of its own would give. Defaults are the
+    reference code's: Gaussian sxy 3 compat 3, bilateral sxy 50 srgb 5 compat 10, 10
+    mean-field iterations."""
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_labels
-    h, w = labels.shape
+    h, w = image.shape[:2]
     if n_labels < 2:
-        return np.zeros((h, w), np.int64)
+        return [np.zeros((h, w), np.int64) for _ in label_maps]
     crf = dcrf.DenseCRF2D(w, h, n_labels)
-    unary = unary_from_labels(labels, n_labels, gt_prob=gt_prob, zero_unsure=False)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary))
     crf.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
     crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb,
                              rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=bilateral_compat)
-    q = crf.inference(iterations)
-    return np.argmax(np.array(q).reshape(n_labels, h, w), axis=0)
+    refined = []
+    for labels in label_maps:
+        crf.setUnaryEnergy(np.ascontiguousarray(unary_from_labels(labels, n_labels, gt_prob=gt_prob,
+                                                                  zero_unsure=False)))
+        refined.append(np.argmax(np.array(crf.inference(iterations)).reshape(n_labels, h, w), axis=0))
+    return refined
 
 
-def confident_labels(image: np.ndarray, cams: np.ndarray, classes, bg_score: float, **crf) -> np.ndarray:
-    """Argmax of [bg_score, cams], CRF-refined, as labels 0 (background) / c + 1."""
+def confident_labels(image: np.ndarray, cams: np.ndarray, classes, bg_scores, **crf) -> list[np.ndarray]:
+    """For each background score: argmax of [bg_score, cams], CRF-refined, as labels 0
+    (background) / c + 1."""
     lut = np.array([0] + [c + 1 for c in classes], np.uint8)
     h, w = image.shape[:2]
-    scores = np.concatenate([np.full((1, h, w), bg_score, np.float32), cams.astype(np.float32)])
-    refined = crf_refine_labels(image, scores.argmax(0), len(lut), **crf)
-    return lut[refined]
+    cams = cams.astype(np.float32)
+    maps = [np.concatenate([np.full((1, h, w), bg, np.float32), cams]).argmax(0) for bg in bg_scores]
+    return [lut[refined] for refined in crf_refine_labels(image, maps, len(lut), **crf)]
 
 
 def relation_labels(image: np.ndarray, cams: np.ndarray, classes, fg_thres: float = 0.30,
                     bg_thres: float = 0.05, **crf) -> np.ndarray:
     """uint8 map: 0 confident background, c + 1 confident class c, 255 unsure."""
-    fg = confident_labels(image, cams, classes, fg_thres, **crf)
-    bg = confident_labels(image, cams, classes, bg_thres, **crf)
+    fg, bg = confident_labels(image, cams, classes, (fg_thres, bg_thres), **crf)
     out = fg.copy()
     out[fg == 0] = IGNORE
     out[(fg == 0) & (bg == 0)] = 0
