@@ -19,6 +19,11 @@ def conv_gn_relu(cin: int, cout: int, groups: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.GroupNorm(groups, cout), nn.ReLU(inplace=True))
 
 
+def crop_to_grid(x: torch.Tensor, image_size) -> torch.Tensor:
+    """A stride-4 map cropped to the grid of an image of ``image_size`` (H, W): ceil(H/4) x ceil(W/4)."""
+    return x[..., :-(-image_size[0] // 4), :-(-image_size[1] // 4)]
+
+
 def resize_to(x: torch.Tensor, size) -> torch.Tensor:
     return x if x.shape[-2:] == tuple(size) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
@@ -65,23 +70,32 @@ class IRNet(nn.Module):
         then sees the same kind of canvas as in training, where crops are padded with the
         mean colour (zero after normalisation). The outputs are cropped back to the image's
         grid unless ``crop_output`` is false."""
+        feats = self.features(images, pad_to)
+        edge, disp = self.boundary_logits(feats), self.displacement(feats)
+        if pad_to and crop_output:
+            edge, disp = crop_to_grid(edge, images.shape[-2:]), crop_to_grid(disp, images.shape[-2:])
+        return edge, disp
+
+    def features(self, images: torch.Tensor, pad_to: int | None = None) -> list[torch.Tensor]:
+        """The frozen backbone's five feature maps of ``images`` (normalised, then padded as
+        ``forward`` says)."""
         x = self.backbone.normalize(images)
         h, w = x.shape[-2:]
         if pad_to:
             x = F.pad(x, (0, max(0, pad_to - w), 0, max(0, pad_to - h)))
         with torch.no_grad():
-            feats = [f.detach() for f in self.backbone(x)]
+            return [f.detach() for f in self.backbone(x)]
+
+    def boundary_logits(self, feats: list[torch.Tensor]) -> torch.Tensor:
         size = feats[self.grid_stage].shape[-2:]
-        edge = torch.cat([resize_to(m(f), size) for m, f in zip(self.edge, feats)], dim=1)
-        mid = feats[2].shape[-2:]
+        return self.edge_out(torch.cat([resize_to(m(f), size) for m, f in zip(self.edge, feats)], dim=1))
+
+    def displacement(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        size, mid = feats[self.grid_stage].shape[-2:], feats[2].shape[-2:]
         high = torch.cat([resize_to(m(f), mid) for m, f in zip(self.dp_high, feats[2:])], dim=1)
         high = resize_to(self.dp_fuse(high), size)
         low = [resize_to(m(f), size) for m, f in zip(self.dp_low, feats[:2])]
-        edge, disp = self.edge_out(edge), self.dp_out(torch.cat(low + [high], dim=1))
-        if pad_to and crop_output:
-            gh, gw = -(-h // 4), -(-w // 4)
-            edge, disp = edge[..., :gh, :gw], disp[..., :gh, :gw]
-        return edge, disp
+        return self.dp_out(torch.cat(low + [high], dim=1))
 
     def trainable_groups(self):
         edge = list(self.edge.parameters()) + list(self.edge_out.parameters())
@@ -152,7 +166,11 @@ def irn_inference(model: IRNet, image: np.ndarray, device: str = "cpu",
     zero-padded to it after normalisation, as in the reference's ``EdgeDisplacement`` (crop
     512); images larger than it are not cropped (the reference's padding breaks there)."""
     x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
-    logits, disp = model(torch.cat([x, x.flip(-1)]), pad_to=pad_to if pad_to is not None else model.crop_size)
+    feats = model.features(torch.cat([x, x.flip(-1)]), pad_to=pad_to if pad_to is not None else model.crop_size)
+    logits = crop_to_grid(model.boundary_logits(feats), image.shape[:2])
     boundary = torch.sigmoid(logits[0, 0] / 2 + logits[1, 0].flip(-1) / 2)
+    # the reference keeps the unflipped image's displacement only, so only it is computed
+    # (GroupNorm normalises each image alone: the same field as from the pair)
+    disp = crop_to_grid(model.displacement([f[:1] for f in feats]), image.shape[:2])
     disp = disp[0] - model.mean_displacement.view(2, 1, 1)
     return boundary.cpu().numpy(), disp.cpu().numpy()
