@@ -310,6 +310,28 @@ class Pipeline:
             return StageState("partial", f"{p['done']} of {p['total']} {p['unit']}", p["done"], p["total"])
         return StageState("partial", "interrupted")
 
+    def consistent_on_disk(self, stage: Stage) -> bool:
+        """Whether the stage's outputs on disk are finished, intact, and were computed from the
+        outputs its upstream stages have on disk now, with its own code, config and images
+        unchanged: done, or stale only because an upstream is due to be recomputed and has not
+        been yet (after a review import, merge_review is due; until the next ``wsis run``,
+        train_seg's model, seg_infer's predictions of it and eval_seg's scores of it still
+        belong together). ``wsis report`` shows such stages as they are."""
+        state = self.state(stage)
+        if state.status in ("done", "skipped"):
+            return True
+        man = self.manifest(stage)
+        if state.status != "stale" or man is None or man["status"] != "done":
+            return False
+        old, now = man.get("components", {}), self.fingerprint(stage)[1]
+        if {k: v for k, v in old.items() if k != "upstream"} != {k: v for k, v in now.items() if k != "upstream"}:
+            return False
+        for name, fingerprint in old.get("upstream", {}).items():
+            upstream = self.manifest(self.stages[name]) if name in self.stages else None
+            if upstream is None or upstream["fingerprint"] != fingerprint or upstream["status"] != "done":
+                return False
+        return not damaged_outputs(self.out_dir(stage), man.get("outputs", {}), self.per_image_names(stage), self.verify)
+
     def per_image_names(self, stage: Stage) -> set[str]:
         if stage.per_image is None:
             return set()

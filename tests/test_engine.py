@@ -67,6 +67,28 @@ def test_changing_one_section_reruns_that_stage_and_downstream_only(tmp_path):
     assert (tmp_path / "work/b/out.txt").read_text() == "{'v': 2}"
 
 
+def test_consistent_on_disk_means_computed_from_the_upstream_outputs_there_now(tmp_path):
+    """a -> b -> c. A change to a's config makes b and c stale, but until a is recomputed b's
+    outputs are still the ones computed from a's outputs on disk, and c's from b's: all three
+    are consistent except a itself. Once a is recomputed, b is not; a change to c's own config
+    makes c inconsistent; damage makes a done stage inconsistent."""
+    toy(tmp_path).run("all")
+    cfg = {n: {"v": 1} for n in "abcd"}
+    cfg["a"] = {"v": 2}
+    p = toy(tmp_path, cfg)
+    assert states(p) == dict.fromkeys("abcd", "stale")
+    assert {n: p.consistent_on_disk(p.stages[n]) for n in "abcd"} == {"a": False, "b": True, "c": True, "d": True}
+    own = dict(cfg, c={"v": 3})
+    p = toy(tmp_path, own)
+    assert {n: p.consistent_on_disk(p.stages[n]) for n in "bc"} == {"b": True, "c": False}
+    p = toy(tmp_path, cfg)
+    p.run("a")
+    p = toy(tmp_path, cfg)
+    assert {n: p.consistent_on_disk(p.stages[n]) for n in "abcd"} == {"a": True, "b": False, "c": True, "d": False}
+    (tmp_path / "work" / "a" / "out.txt").write_text("damaged")
+    assert not toy(tmp_path, cfg).consistent_on_disk(p.stages["a"])
+
+
 def test_image_list_and_code_version_are_part_of_the_fingerprint(tmp_path):
     toy(tmp_path).run("a")
     p = toy(tmp_path)

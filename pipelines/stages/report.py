@@ -94,7 +94,7 @@ def _finished_job(pipeline: Pipeline) -> Job:
     from wsis.device import resolve_device
     stage = pipeline.stages["report"]
     done = {s.name: pipeline.out_dir(s) for s in pipeline.stages.values()
-            if s.name != "report" and pipeline.state(s).status == "done"}
+            if s.name != "report" and pipeline.consistent_on_disk(s) and not (pipeline.manifest(s) or {}).get("skipped")}
     return Job("report", pipeline.cfg, pipeline.dataset, pipeline.stage_ids(stage), pipeline.out_dir(stage),
                done, resolve_device(pipeline.device))
 
