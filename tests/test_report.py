@@ -504,3 +504,29 @@ def test_a_kept_picture_that_is_damaged_or_of_another_size_is_drawn_again(tiny_d
     report.run(job)
     assert f"report: 2 pictures drawn, {len(good) - 2} unchanged" in capsys.readouterr().out
     assert {p.name: p.read_bytes() for p in sorted(cache.iterdir())} == good
+
+
+def test_the_pr_legend_of_twenty_classes_covers_neither_the_curves_nor_the_title(tmp_path, monkeypatch):
+    """VOC's 20 classes: the legend sits beside the axes, inside the picture, and every class
+    has its own (colour, line style)."""
+    from wsis.report import plots
+    seen = {}
+    save = plots._save
+
+    def measuring_save(fig, path):
+        fig.tight_layout()
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        seen.update(legend=ax.get_legend().get_window_extent(renderer), axes=ax.get_window_extent(renderer),
+                    title=ax.title.get_window_extent(renderer), figure=fig.bbox,
+                    styles={(line.get_color(), line.get_linestyle()) for line in ax.lines})
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", measuring_save)
+    recall = np.linspace(0, 1, 20)
+    curves = {f"class {k}": (recall, 1 - recall * k / 20) for k in range(20)}
+    assert plots.pr_curves(curves, tmp_path / "pr.png", "pseudo-labels [train]: PR at IoU 0.5").is_file()
+    assert not seen["legend"].overlaps(seen["axes"]) and not seen["legend"].overlaps(seen["title"])
+    assert seen["figure"].x0 <= seen["legend"].x0 and seen["legend"].x1 <= seen["figure"].x1
+    assert seen["figure"].y0 <= seen["legend"].y0 and seen["legend"].y1 <= seen["figure"].y1
+    assert len(seen["styles"]) == 20

@@ -74,15 +74,18 @@ def pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, titl
     if not curves:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for name, (r, p) in curves.items():
-        ax.plot(r, p, label=name)
+    # the legend goes beside the axes, so that with VOC's 20 classes it covers neither the
+    # curves nor the title; past the colour cycle's 10 colours the line style tells classes apart
+    columns = 1 if len(curves) <= 12 else 2
+    fig, ax = plt.subplots(figsize=(5 + 1.6 * columns, 3.6))
+    for k, (name, (r, p)) in enumerate(curves.items()):
+        ax.plot(r, p, label=name, ls=("-", "--", ":", "-.")[k // 10 % 4])
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, ncol=columns)
     return _save(fig, path)
 
 
