@@ -368,11 +368,23 @@ def doubled_with_pid(job, chunk):
     return {i: (2 * value, os.getpid()) for i, value in chunk.items()}
 
 
-def test_a_whole_dataset_stage_maps_its_per_image_work_on_the_workers(tmp_path):
+def test_a_whole_dataset_stage_maps_its_per_image_work_on_the_workers(tmp_path, monkeypatch):
     """``Job.map_ids`` in a stage that the engine runs: chunks of run.chunk_size images as Dask
-    tasks in other processes, their results back in order; work that fits in one chunk, and a
-    job outside the engine, run in this process."""
+    tasks in other processes, their results back in order; work that fits in one chunk, a job
+    outside the engine, and work too small to start the workers for, run in this process."""
+    from pipelines import runner
     ids = tuple(f"im{k}" for k in range(5))
+    work = {i: k for k, i in enumerate(ids)}
+    cold = {}
+
+    def run_cold(job):
+        cold["chunks"] = job.map_ids(doubled_with_pid, work)
+
+    stage = Stage("cold", "cold", (), ("run",), 1, lambda cfg: ["all"], run=run_cold, reads_images=False)
+    ds = Dataset("toy", tmp_path, ("a",), {"all": ids}, {i: (0,) for i in ids})
+    Pipeline({"cold": stage}, {"run": {"chunk_size": 2}}, ds, tmp_path / "cold", workers=2).run("cold")
+    assert len(cold["chunks"]) == 3 and all(pid == os.getpid() for c in cold["chunks"] for _, pid in c.values())
+    monkeypatch.setattr(runner, "COLD_START_MIN_IMAGES", 5)      # 5 images now start the workers
     work = {i: k for k, i in enumerate(ids)}
     mapped = {}
 

@@ -447,16 +447,18 @@ def report_files(report_dir):
             if p.is_file()}
 
 
-def test_the_report_drawn_on_dask_workers_is_the_one_drawn_here(tiny_data, tiny_run, tmp_path, capsys):
+def test_the_report_drawn_on_dask_workers_is_the_one_drawn_here(tiny_data, tiny_run, tmp_path, capsys, monkeypatch):
     """The report's per-image work (confidences, gallery rows, their pictures) as tasks on Dask
     workers (``Job.map_ids`` on the engine's runner: 8 chunks of 2 images) writes the report
     that the same work in this process writes, byte for byte: queue, pages, picture names and
     pictures; each draws every picture once, from an empty report folder."""
     import dataclasses
 
+    from pipelines import runner as runner_module
     from pipelines.runner import DaskRunner
     from pipelines.stages import report
 
+    monkeypatch.setattr(runner_module, "COLD_START_MIN_IMAGES", 0)   # 16 images start the workers
     built = {}
     for where in ("here", "dask"):
         work = tmp_path / where
