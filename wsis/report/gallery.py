@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from wsis.io import voc_palette, write_bytes
+from wsis.errors import DataError
+from wsis.io import open_image, voc_palette, write_bytes
 from wsis.predict import PALETTE
 
 _VOC = np.array(voc_palette(), np.uint8).reshape(256, 3)
@@ -118,11 +119,11 @@ def intact_picture(path: Path, size: tuple[int, int]) -> bool:
     """Whether ``path`` decodes whole as an image of ``size`` (width, height): a picture kept
     from an earlier report is trusted only then."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:   # as every image wsis reads: a declared decompression bomb is refused
             if img.size != tuple(size):
                 return False
             img.load()      # a truncated file fails here, not at the header
-    except (OSError, SyntaxError, ValueError):   # FileNotFoundError and PIL's errors included
+    except (OSError, SyntaxError, ValueError, DataError):   # FileNotFoundError and PIL's errors included
         return False
     return True
 
