@@ -15,6 +15,7 @@ BAD_VALUES = [
     ("make_cam.scales=[-1.0]", "make_cam.scales = [-1.0]: element 0 (-1.0) must be > 0"),
     ("train_cam.epochs=0", "train_cam.epochs = 0: must be >= 1"),
     ("train_cam.batch_size=0", "train_cam.batch_size = 0: must be >= 1"),
+    ("train_cam.cached_views=-1", "train_cam.cached_views = -1: must be >= 0"),
     ("seg.batch_size=0", "seg.batch_size = 0: must be >= 1"),
     ("train_irn.scale_range=[1.5, 0.5]", "train_irn.scale_range = [1.5, 0.5]: [low, high] with low > high"),
     ("solo.grids=[40, 36, 24, 16]", "solo.grids = [40, 36, 24, 16]: must have 5 elements"),

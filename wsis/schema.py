@@ -107,6 +107,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "train_cam.momentum": (MOMENTUM,),
     "train_cam.resize_long": (ordered_pair(at_least(1)),),
     "train_cam.crop_size": (at_least(1),),
+    "train_cam.cached_views": (at_least(0),),
     "make_cam.scales": (non_empty, each(above(0))),
     "eval_cam.bg_threshold": (FRACTION,),
     "synthetic.seed": (at_least(0),),

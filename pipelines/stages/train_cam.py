@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from wsis.models.backbone import LOAD_LATER, backbone_from_section
 from wsis.models.cam import CAMNet
 from wsis.checkpoint import load_checkpoint
-from wsis.errors import ConfigError
 from wsis.transforms import cam_train_augment
 
 from .. import distributed
@@ -60,8 +59,6 @@ def run(job: Job) -> None:
         return F.multilabel_soft_margin_loss(logits, batch[1]), {}
 
     views = c["cached_views"]
-    if views < 0:
-        raise ConfigError(f"train_cam.cached_views = {views}: expected 0 (off) or a number of views")
     if views and not backbone_is_frozen(model):
         # as backbone.freeze_bn and frozen_stages, which apply to pretrained weights only
         print(f"train_cam.cached_views = {views} applies to a backbone that learns nothing (pretrained weights, "
