@@ -166,6 +166,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "data.max_side": (at_least(0),),
     "data.max_pixels": (at_least(0),),
     "review.max_member_mb": (above(0),),
+    "review.cam_loss_weight": (at_least(0),),
+    "review.centroid_weight": (at_least(0),),
     "seg.model": (one_of("solov2", "solo", "yolact", "centermask"),),
     "seg.backbone_init": (BACKBONE_INIT,),
     "seg.input_size": (at_least(32),),
