@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..geometry import check_polygon
 from .base import Dataset, InstanceGT, image_id_of
 
 
@@ -98,7 +99,6 @@ def segmentation_problem(seg, height: int, width: int) -> str | None:
     """Why an annotation's ``segmentation`` cannot be decoded on its (height, width) image,
     or None: polygons need an even number of at least 6 finite coordinates; an RLE mask (a
     ``counts`` list or string) needs the image's ``size``."""
-    from ..review.polygons import check_polygon
     if isinstance(seg, list):
         if not seg:
             return "an empty polygon list"

@@ -14,6 +14,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import approximate_polygon, find_contours
 
+from ..geometry import check_polygon, shoelace  # noqa: F401  (also this module's API)
+
 
 def _ring(region: np.ndarray, tolerance: float) -> np.ndarray:
     """The boundary of a hole-free, 8-connected region as (n, 2) (x, y) vertices,
@@ -27,11 +29,6 @@ def _ring(region: np.ndarray, tolerance: float) -> np.ndarray:
     if np.array_equal(xy[0], xy[-1]):
         xy = xy[:-1]
     return xy if shoelace(xy) >= 0 else xy[::-1]
-
-
-def shoelace(xy: np.ndarray) -> float:
-    x, y = xy[:, 0], xy[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
 def _bridge(outer: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -62,21 +59,6 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.25) -> list[list[flo
                 outer = _bridge(outer, hole[::-1])
         rings.append([round(float(v), 2) for v in outer.ravel()])
     return rings
-
-
-def check_polygon(ring) -> str | None:
-    """Why ``ring`` is not a usable COCO polygon, or None."""
-    if not isinstance(ring, (list, tuple)) or len(ring) < 6 or len(ring) % 2:
-        return "a polygon needs at least 3 (x, y) points as a flat list"
-    try:
-        xy = np.asarray(ring, np.float64).reshape(-1, 2)
-    except (TypeError, ValueError):
-        return "polygon coordinates must be numbers"
-    if not np.isfinite(xy).all():
-        return "polygon coordinates must be finite"
-    if abs(shoelace(xy)) == 0:
-        return "polygon encloses no area"
-    return None
 
 
 def polygons_to_mask(rings: list[list[float]], height: int, width: int) -> np.ndarray:
