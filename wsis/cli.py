@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -99,6 +100,36 @@ def check_directory(path: Path, option: str) -> None:
             raise ConfigError(f"{option} {path}: {where}, not a directory")
 
 
+@contextlib.contextmanager
+def locked_work_dir(work_dir: Path):
+    """Hold the work dir's lock (the one ``wsis run`` holds while it writes), so that two
+    commands never write its files at once: a second one stops with one line."""
+    from pipelines.cache import WorkDirLock
+    lock = WorkDirLock(work_dir / ".lock")
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        lock.__enter__()
+    except OSError as e:
+        raise ConfigError(f"{work_dir}: cannot write to this work dir ({e.strerror or e})") from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def check_review_store(pipeline) -> None:
+    """The work dir's review store, if it parses, must be of this dataset (one line otherwise,
+    before anything runs or is merged). One that does not parse is left to the stages that
+    read it, whose line names its backup."""
+    from pipelines.stages.merge_review import REVIEW_STORE
+    from .io import read_json_or_none
+    from .review.formats import check_store_dataset
+    store = pipeline.work_dir / REVIEW_STORE
+    doc = read_json_or_none(store) if store.is_file() else None
+    if isinstance(doc, dict) and isinstance(doc.get("images"), dict):
+        check_store_dataset(doc, store, pipeline.dataset)
+
+
 class Session:
     """The resolved config, dataset and work dir of one command."""
 
@@ -187,6 +218,7 @@ def run(stage, force, workers, scheduler, gpus, **common):
         check_scheduler_address(scheduler)
     session = Session(**common)
     pipeline = session.pipeline(scheduler, workers, record=True)
+    check_review_store(pipeline)
     pipeline.processes = gpus
     pipeline.run(stage, force=force)
     metrics = pipeline.collect_metrics()
@@ -346,6 +378,7 @@ def review_export(fmt, top, include_reviewed, out, image_url_prefix, **common):
     if top is not None and top < 1:
         raise ConfigError("--top must be at least 1")
     reviewed = read_store(session.work_dir / REVIEW_STORE)["images"]
+    check_review_store(pipeline)
     queue = mark_reviewed(current_queue(pipeline), reviewed)
     left_out = 0
     if not include_reviewed:
@@ -397,11 +430,12 @@ def review_import(file, empty_images, unchanged_images, **common):
     pipeline = session.pipeline()
     ds = pipeline.dataset
     limit = session.cfg.get("review", {}).get("max_member_mb", DEFAULT_MAX_MEMBER_MB)
-    found = read_review(file, ds, ds.ids(session.cfg["data"]["infer_split"]), limit, empty_images,
-                        pipeline.out_dir(pipeline.stages[pseudo_masks(pipeline.cfg)]), pipeline.cfg["export"],
-                        unchanged_images)
     store = session.work_dir / REVIEW_STORE
-    doc = store_review(found.images, store, Path(file).resolve())
+    with locked_work_dir(session.work_dir):     # no run, and no other import, writes the work dir meanwhile
+        found = read_review(file, ds, ds.ids(session.cfg["data"]["infer_split"]), limit, empty_images,
+                            pipeline.out_dir(pipeline.stages[pseudo_masks(pipeline.cfg)]), pipeline.cfg["export"],
+                            unchanged_images)
+        doc = store_review(found.images, store, Path(file).resolve(), ds)
     n = sum(len(v[2]) for v in found.images.values())
     skipped = ""
     if found.skipped:
@@ -415,7 +449,10 @@ def review_import(file, empty_images, unchanged_images, **common):
                f"{len(doc['images'])} reviewed images in {store}")
     for note in found.notes:
         click.echo(f"note: {note}")
-    click.echo("next: wsis run (merge_review and train_seg re-run on them)")
+    # the stages that read the reviews in this config (review.*): they and all after them rerun
+    readers = [s.name for s in pipeline.stages.values() if s.image_inputs and s.image_inputs.active(pipeline.cfg)]
+    click.echo(f"next: wsis run ({', '.join(readers + ['merge_review'])} learn from the reviewed images; "
+               f"the stages after them rerun)")
 
 
 @main.command()
@@ -453,7 +490,9 @@ def report(**common):
     """Write the HTML report of the finished stages to <work-dir>/report/index.html."""
     from pipelines.stages.report import report_from_finished
     session = Session(**common)
-    path = report_from_finished(session.pipeline())
+    pipeline = session.pipeline()
+    check_review_store(pipeline)
+    path = report_from_finished(pipeline)
     click.echo(f"report: {path}")
 
 

@@ -177,6 +177,27 @@ def read_label_png(path) -> np.ndarray:
         raise DataError(f"{path}: cannot read label image ({e})") from None
 
 
+def write_uint16_png(path, array: np.ndarray) -> None:
+    """Write a (H, W) uint16 map (an instance map) as a 16-bit greyscale PNG, values exact;
+    the folder is made if needed."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint16)).save(buf, format="PNG")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(path, buf.getvalue())
+
+
+def read_uint16_png(path) -> np.ndarray:
+    """Read what ``write_uint16_png`` wrote, as uint16."""
+    path = Path(path)
+    try:
+        with open_image(path) as img:
+            if img.mode not in ("I;16", "I", "L"):
+                raise DataError(f"{path}: expected a 16-bit greyscale PNG, got mode {img.mode}")
+            return np.array(img).astype(np.uint16)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: cannot read instance map ({e})") from None
+
+
 # PIL's own limit, which it enforces with a warning above it and an exception at twice it; wsis
 # enforces ``data.max_pixels`` (default: the same) itself in ``open_image``, with a one-line error
 # naming the file, so PIL's check is off. Every image wsis reads is opened by ``open_image``.

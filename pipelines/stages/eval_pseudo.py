@@ -9,7 +9,7 @@ from wsis.io import read_json, read_label_png, read_npz, write_json
 from wsis.metrics import InstanceAP, confusion_matrix, iou_from_confusion, mean_ap, mean_iou
 
 from ..job import METRICS, Job
-from .export import EXPORT_FILE, instance_dir
+from .export import EXPORT_FILE, REPLACED_FILE, instance_dir
 
 
 def run_semantic(job: Job) -> None:
@@ -67,7 +67,13 @@ def run_instance(job: Job) -> None:
         result[f"mAP{round(100 * t)}"] = mean_ap(aps[t])
     result["ap50_per_class"] = {k: (None if np.isnan(v) else float(v))
                                 for k, v in zip(ds.class_names, aps.get(0.5, np.full(ds.num_classes, np.nan)))}
-    coco = coco_evaluate(gt_path, read_json(job.inputs["export"] / EXPORT_FILE)["annotations"])
+    # the pipeline's own pseudo-labels, as the VOC mAP: on a reviewed image those the reviewer's
+    # masks replaced in the export (review.export), not the reviewer's
+    detections = [a for a in read_json(job.inputs["export"] / EXPORT_FILE)["annotations"] if a.get("source") != "reviewed"]
+    replaced = job.inputs["export"] / REPLACED_FILE
+    if replaced.is_file():
+        detections += read_json(replaced)["annotations"]
+    coco = coco_evaluate(gt_path, detections)
     result.update({f"coco_{k}": v for k, v in coco.items()})
     split = job.cfg["data"]["infer_split"]
     print(f"eval_ins_seg [{split}]: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in result.items()

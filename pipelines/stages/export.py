@@ -9,6 +9,7 @@ from wsis.coco import annotation, exported_instances, image_entries, write_insta
 from wsis.io import read_npz, write_json
 
 from ..job import Job
+from .reviews import reviewed_entries
 
 EXPORT_FILE = "pseudo_labels.json"
 
@@ -19,6 +20,9 @@ def instance_dir(inputs: dict):
     return inputs["sam_refine"] if "sam_refine" in inputs else inputs["ins_seg"]
 
 
+REPLACED_FILE = "replaced_pseudo_labels.json"   # the pseudo-labels of the reviewed images, which they replace
+
+
 def pseudo_label_annotations(ins_dir, ids, images, export_cfg: dict, category_ids=None) -> list[dict]:
     anns: list[dict] = []
     for entry, image_id in zip(images, ids):
@@ -27,13 +31,50 @@ def pseudo_label_annotations(ins_dir, ids, images, export_cfg: dict, category_id
     return anns
 
 
+def reviewed_annotations(review: dict, image_id: int, first_id: int, category_ids=None) -> list[dict]:
+    """A reviewed image's instances as they were imported (``wsis review import``): every one,
+    its RLE as stored, whatever its size, score 1, ``source`` "reviewed"."""
+    from pycocotools import mask as mask_utils
+    anns = []
+    for k, r in enumerate(review["instances"]):
+        rle = r["segmentation"]
+        cls = int(r["class"])
+        anns.append({"id": first_id + k, "image_id": image_id,
+                     "category_id": int(category_ids[cls]) if category_ids is not None else cls + 1,
+                     "segmentation": rle, "area": int(mask_utils.area(rle)),
+                     "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0, "score": 1.0,
+                     "source": "reviewed"})
+    return anns
+
+
 def run(job: Job) -> None:
     c = job.cfg["export"]
     images = image_entries(job.dataset, job.ids)
-    anns = pseudo_label_annotations(instance_dir(job.inputs), job.ids, images, c, job.dataset.coco_category_ids())
+    category_ids = job.dataset.coco_category_ids()
+    anns = pseudo_label_annotations(instance_dir(job.inputs), job.ids, images, c, category_ids)
+    # review.export: a reviewed image exports exactly the reviewer's instances; its
+    # pseudo-labels are kept aside (merge_review compares them with the review)
+    reviews = reviewed_entries(job, "export")
+    if reviews:
+        entry_of = {entry["id"]: image_id for entry, image_id in zip(images, job.ids)}
+        replaced = [a for a in anns if entry_of[a["image_id"]] in reviews]
+        write_instances(job.out_dir / REPLACED_FILE, [e for e in images if entry_of[e["id"]] in reviews], replaced,
+                        job.dataset.class_names, job.dataset.coco_categories())
+        merged: list[dict] = []
+        by_image: dict[int, list[dict]] = {}
+        for a in anns:
+            by_image.setdefault(a["image_id"], []).append(a)
+        for entry, image_id in zip(images, job.ids):
+            if image_id in reviews:
+                merged += reviewed_annotations(reviews[image_id], entry["id"], len(merged) + 1, category_ids)
+            else:
+                merged += [dict(a, id=len(merged) + k + 1) for k, a in enumerate(by_image.get(entry["id"], []))]
+        anns = merged
     path = job.out_dir / EXPORT_FILE
     write_instances(path, images, anns, job.dataset.class_names, job.dataset.coco_categories())
     summary = {"path": str(path.resolve()), "images": len(images), "annotations": len(anns)}
+    if reviews:
+        summary["reviewed_images"] = len(reviews)
     note = ""
     if "sam_refine" in job.inputs:   # how many masks SAM replaced (the others kept the IRN mask)
         counts = [np.load(instance_dir(job.inputs) / f"{i}.npz")["refined"] for i in job.ids]

@@ -14,9 +14,8 @@ from wsis.review.confidence import match_instances
 from wsis.review.formats import read_store
 
 from ..job import METRICS, Job
-from .export import EXPORT_FILE
-
-REVIEW_STORE = "review/reviewed.json"   # under the work dir; written by `wsis review import`
+from .export import EXPORT_FILE, REPLACED_FILE
+from .reviews import REVIEW_STORE
 MERGED_FILE = "train.json"
 
 
@@ -32,6 +31,14 @@ def run(job: Job) -> None:
     by_image: dict[int, list[dict]] = {}
     for a in pseudo["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
+    # what the review replaced: the export already holds a reviewed image's own masks when it
+    # reads the reviews itself (review.export), and keeps its pseudo-labels aside
+    replaced_path = job.inputs["export"] / REPLACED_FILE
+    pseudo_of: dict[int, list[dict]] = by_image
+    if replaced_path.is_file():
+        pseudo_of = {}
+        for a in read_json(replaced_path)["annotations"]:
+            pseudo_of.setdefault(a["image_id"], []).append(a)
     category_ids = job.dataset.coco_category_ids()        # the export keeps a COCO input's ids
     class_of = {cid: k for k, cid in enumerate(category_ids)}
     anns: list[dict] = []
@@ -47,7 +54,7 @@ def run(job: Job) -> None:
         for m, c in zip(masks, classes):
             anns.append(dict(annotation(m, c, entry["id"], len(anns) + 1, category_ids=category_ids),
                              source="reviewed"))
-        old = by_image.get(entry["id"], [])
+        old = pseudo_of.get(entry["id"], [])
         shape = (-1, entry["height"], entry["width"])
         old_masks = np.array([rle_decode(a["segmentation"]) for a in old], bool).reshape(shape)
         pairs = match_instances(old_masks, [class_of[a["category_id"]] for a in old],

@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from wsis.models.backbone import LOAD_LATER, backbone_from_section
 from wsis.models.cam import CAMNet
 from wsis.checkpoint import load_checkpoint
+from wsis.review.supervision import class_channels, class_targets, pixel_class_loss, reviewed_instances
 from wsis.transforms import cam_train_augment
 
 from .. import distributed
 from ..job import Job
 from ..trainer import Precision, finish_training, run_training, sgd, stack_samples
+from .reviews import reviewed_entries
 
 MODEL_FILE = "model.pt"
 
@@ -45,18 +47,41 @@ def run(job: Job) -> None:
 
     fill = model.backbone.pad_colour          # the colour the backbone normalises to zero
 
+    # Reviewed images (wsis review import) add a per-pixel loss on the class maps at their
+    # masks (review.cam_loss): their samples carry the share of each class in each cell of the
+    # class-map grid, every other sample zeros (no cell counts)
+    reviews = reviewed_entries(job, "cam_loss")
+    num_classes = job.dataset.num_classes
+    grid = (-(-c["crop_size"] // model.backbone.strides[-1]),) * 2
+    no_targets = torch.zeros((num_classes + 1,) + grid)
+
     def make_sample(index, epoch):
-        """An augmented crop (uint8, CHW) and its labels; the RNG depends only on (seed, epoch,
-        image index), so a resumed run sees exactly the batches an uninterrupted one would."""
+        """An augmented crop (uint8, CHW) and its labels (and with reviews, its class
+        targets); the RNG depends only on (seed, epoch, image index), so a resumed run sees
+        exactly the batches an uninterrupted one would."""
         image_id = job.ids[index]
         rng = np.random.default_rng([c["seed"], epoch, int(index)])
-        img = cam_train_augment(job.dataset.load_image(image_id), rng, tuple(c["resize_long"]),
-                                c["crop_size"], c["hflip"], fill)
-        return (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
-                torch.from_numpy(job.dataset.label_vector(image_id)))
+        image = job.dataset.load_image(image_id)
+        augment = (rng, tuple(c["resize_long"]), c["crop_size"], c["hflip"], fill)
+        targets = no_targets
+        if image_id in reviews:
+            maps, present = class_channels(*reviewed_instances(reviews[image_id], image.shape[:2]), num_classes)
+            img, maps = cam_train_augment(image, *augment, maps=maps)
+            targets = class_targets(maps, present, num_classes, grid)
+        else:
+            img = cam_train_augment(image, *augment)
+        sample = (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
+                  torch.from_numpy(job.dataset.label_vector(image_id)))
+        return (*sample, targets) if reviews else sample
 
-    def compute_loss(logits, batch):
-        return F.multilabel_soft_margin_loss(logits, batch[1]), {}
+    weight = job.cfg["review"]["cam_loss_weight"]
+
+    def compute_loss(outputs, batch):
+        if not reviews:
+            return F.multilabel_soft_margin_loss(outputs, batch[1]), {}
+        logits, class_maps = outputs
+        image_loss, pixel_loss = F.multilabel_soft_margin_loss(logits, batch[1]), pixel_class_loss(class_maps, batch[2])
+        return image_loss + weight * pixel_loss, {"image": image_loss, "pixel": pixel_loss}
 
     views = c["cached_views"]
     if views and not backbone_is_frozen(model):
@@ -68,15 +93,21 @@ def run(job: Job) -> None:
     if views:
         # The backbone learns nothing, so a crop's pooled features never change: each image's
         # crops of the first ``views`` epochs are pooled once, and every epoch trains the head
-        # on one of them. With views >= epochs this is exactly the uncached training.
-        pooled = pooled_views(job, model, make_sample, views, c["batch_size"])
+        # on one of them. With views >= epochs this is exactly the uncached training. A
+        # reviewed image's crops keep their feature maps and class targets too.
+        keep = {n for n, i in enumerate(job.ids) if i in reviews}
+        pooled, kept = pooled_views(job, model, make_sample, views, c["batch_size"], keep)
+        no_maps = torch.zeros((model.backbone.channels[-1],) + grid)
 
         def make_pooled_sample(index, epoch):
-            return pooled[epoch % views, index], torch.from_numpy(job.dataset.label_vector(job.ids[index]))
+            sample = pooled[epoch % views, index], torch.from_numpy(job.dataset.label_vector(job.ids[index]))
+            return (*sample, *kept.get((epoch % views, index), (no_maps, no_targets))) if reviews else sample
 
-        trained, sample, forward = PooledHead(model.classifier), make_pooled_sample, lambda net, batch: net(batch[0])
+        trained, sample = PooledHead(model.classifier), make_pooled_sample
+        forward = lambda net, batch: net(batch[0], batch[2] if reviews else None)   # noqa: E731
     else:
-        trained, sample, forward = model, make_sample, lambda net, batch: net(batch[0].float())
+        trained, sample = model, make_sample
+        forward = lambda net, batch: net(batch[0].float(), class_maps=bool(reviews))   # noqa: E731
     run_training(job, trained, optimizer, epochs=c["epochs"], num_samples=len(job.ids), batch_size=c["batch_size"],
                  seed=c["seed"], make_sample=sample, collate=stack_samples, forward=forward, compute_loss=compute_loss)
     finish_training(job, MODEL_FILE, arch={"num_classes": job.dataset.num_classes, **model.backbone.spec},
@@ -91,8 +122,11 @@ class PooledHead(torch.nn.Module):
         super().__init__()
         self.classifier = classifier
 
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(pooled[:, :, None, None]).flatten(1)
+    def forward(self, pooled: torch.Tensor, feature_maps: torch.Tensor | None = None):
+        """Logits; with the (B, D, h, w) ``feature_maps`` the pooled features came from, also
+        the class maps (B, C, h, w), as ``CAMNet.forward(..., class_maps=True)``."""
+        logits = self.classifier(pooled[:, :, None, None]).flatten(1)
+        return logits if feature_maps is None else (logits, self.classifier(feature_maps))
 
 
 def backbone_is_frozen(model: CAMNet) -> bool:
@@ -102,26 +136,38 @@ def backbone_is_frozen(model: CAMNet) -> bool:
             and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.backbone.modules()))
 
 
-def pooled_views(job: Job, model: CAMNet, make_sample, views: int, batch_size: int) -> torch.Tensor:
+def pooled_views(job: Job, model: CAMNet, make_sample, views: int, batch_size: int,
+                 keep: set[int] = frozenset()) -> tuple[torch.Tensor, dict]:
     """(views, N, D) float32 on the CPU: the globally pooled backbone features of image n's
-    training crop in epoch v (``make_sample(n, v)``), for v < ``views``. Under ``--gpus N``
-    each rank pools every N-th image and the ranks sum their shares."""
+    training crop in epoch v (``make_sample(n, v)``), for v < ``views``; and for the images n
+    in ``keep``, {(v, n): (feature maps (D, h, w), the rest of the sample after its labels)}.
+    Under ``--gpus N`` each rank pools every N-th image and the ranks sum their shares (and
+    gather what they keep)."""
     world, rank = distributed.world_size(), distributed.rank()
     keys = [(v, n) for v in range(views) for n in range(rank, len(job.ids), world)]
     pooled = torch.zeros(views, len(job.ids), model.backbone.channels[-1], device=job.device)
+    kept: dict[tuple[int, int], tuple] = {}
     precision = Precision(job.cfg["run"]["amp"], job.device)
     progress = job.progress(len(keys), unit="crops pooled") if rank == 0 else None
     model.eval()
     with torch.no_grad():
         for start in range(0, len(keys), batch_size):
             chunk = keys[start:start + batch_size]
-            images = torch.stack([make_sample(n, v)[0] for v, n in chunk]).to(job.device).float()
+            samples = [make_sample(n, v) for v, n in chunk]
+            images = torch.stack([s[0] for s in samples]).to(job.device).float()
             with precision.autocast():
                 features = model.features(images)
             v_index, n_index = (torch.tensor(k, device=job.device) for k in zip(*chunk))
             pooled[v_index, n_index] = features.float().mean(dim=(2, 3))
+            for j, (v, n) in enumerate(chunk):
+                if n in keep:
+                    kept[v, n] = (features[j].float().cpu(), *samples[j][2:])
             if progress:
                 progress.update(len(chunk))
     if world > 1:
         torch.distributed.all_reduce(pooled)
-    return pooled.cpu()
+        if keep:
+            shares = [None] * world
+            torch.distributed.all_gather_object(shares, kept)
+            kept = {k: v for share in shares for k, v in share.items()}
+    return pooled.cpu(), kept

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from wsis.errors import ConfigError
-from wsis.io import read_label_png
+from wsis.io import read_label_png, read_uint16_png
 from wsis.models.backbone import LOAD_LATER, Backbone, backbone_from_section
-from wsis.models.irn import IRNet, irn_losses
+from wsis.models.irn import IRNet, centroid_loss, irn_losses
+from wsis.review.supervision import centroid_displacements, instance_map, region_labels, reviewed_instances
 from wsis.checkpoint import load_checkpoint
 from wsis.transforms import irn_train_augment
 
@@ -18,6 +19,8 @@ from .. import distributed
 from ..job import Job
 from ..trainer import finish_training, run_training, sgd, stack_samples
 from . import train_cam
+from .ir_label import instance_map_path
+from .reviews import reviewed_entries
 
 MODEL_FILE = "model.pt"
 
@@ -57,23 +60,46 @@ def run(job: Job) -> None:
     optimizer = sgd([(edge_params, c["lr"]), (dp_params, c["lr"] * c["displacement_lr_mult"])],
                     c["momentum"], c["weight_decay"])
     labels_dir = job.inputs["ir_label"]
+    # Reviewed images (review.irn_targets): the displacement of each cell to its instance's
+    # true centroid is learned directly, beside the pair losses; every sample carries its
+    # targets, NaN (none) for an image nobody reviewed
+    reviews = reviewed_entries(job, "irn_targets")
+    weight = job.cfg["review"]["centroid_weight"]
+    grid = (-(-c["crop_size"] // 4),) * 2
+    no_targets = torch.full((2,) + grid, float("nan"))
 
     fill = model.backbone.pad_colour          # the colour the backbone normalises to zero
 
     def make_sample(index, epoch):
         image_id = train_ids[index]
         rng = np.random.default_rng([c["seed"], epoch, int(index)])
-        img, lab = irn_train_augment(job.dataset.load_image(image_id),
-                                     read_label_png(labels_dir / f"{image_id}.png"), rng,
-                                     tuple(c["scale_range"]), c["crop_size"], c["hflip"],
-                                     fill=fill)
-        return (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
-                torch.from_numpy(np.ascontiguousarray(lab[::4, ::4])).long())  # stride-4 labels
+        image = job.dataset.load_image(image_id)
+        # a reviewed image's relation labels are its instances (ir_label, review.relation_labels):
+        # pairs in two instances are negative even of one class
+        instances = instance_map_path(labels_dir, image_id)
+        labels = (region_labels(read_uint16_png(instances)) if instances.is_file()
+                  else read_label_png(labels_dir / f"{image_id}.png"))
+        augment = (rng, tuple(c["scale_range"]), c["crop_size"], c["hflip"])
+        targets = no_targets
+        if image_id in reviews:
+            masks, _ = reviewed_instances(reviews[image_id], image.shape[:2])
+            img, lab, disp = irn_train_augment(image, labels, *augment, fill=fill,
+                                               displacements=centroid_displacements(instance_map(masks)))
+            targets = torch.from_numpy(np.ascontiguousarray(disp[::4, ::4].transpose(2, 0, 1) / 4))  # stride-4 cells
+        else:
+            img, lab = irn_train_augment(image, labels, *augment, fill=fill)
+        sample = (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
+                  torch.from_numpy(np.ascontiguousarray(lab[::4, ::4])).long())  # stride-4 labels
+        return (*sample, targets) if reviews else sample
 
     def compute_loss(outputs, batch):
         logits, disp = outputs
         losses = irn_losses(logits, disp, batch[1], c["radius"])
-        return losses["boundary"] + losses["displacement"], losses
+        loss = losses["boundary"] + losses["displacement"]
+        if reviews:
+            losses["centroid"] = centroid_loss(disp, batch[2])
+            loss = loss + weight * losses["centroid"]
+        return loss, losses
 
     run_training(job, model, optimizer, epochs=c["epochs"], num_samples=len(train_ids),
                  batch_size=c["batch_size"], seed=c["seed"], make_sample=make_sample,

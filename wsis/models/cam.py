@@ -24,10 +24,13 @@ class CAMNet(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.backbone.normalize(images))[-1]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in 0..255 -> (B, C) classification logits."""
-        pooled = self.features(images).mean(dim=(2, 3), keepdim=True)
-        return self.classifier(pooled).flatten(1)
+    def forward(self, images: torch.Tensor, class_maps: bool = False):
+        """(B, 3, H, W) in 0..255 -> (B, C) classification logits; with ``class_maps`` also the
+        class maps (B, C, h, w) before pooling, W^T f (the CAMs before their ReLU), for a
+        per-pixel loss."""
+        features = self.features(images)
+        logits = self.classifier(features.mean(dim=(2, 3), keepdim=True)).flatten(1)
+        return (logits, self.classifier(features)) if class_maps else logits
 
     def cam(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C, H/16, W/16) class activation maps, relu(W^T f)."""

@@ -156,6 +156,18 @@ def irn_losses(boundary_logits: torch.Tensor, displacement: torch.Tensor, labels
             "bg_pos": bg_pos_loss, "fg_pos": fg_pos_loss, "neg": neg_loss, "dp_fg": dp_fg, "dp_bg": dp_bg}
 
 
+def centroid_loss(displacement: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """|D - T|_1 averaged over the cells with a target and both coordinates: D (B, 2, h, w)
+    against the displacement to each cell's instance centroid T (B, 2, h, w, stride-4 cells;
+    NaN: no target), as given by reviewed instances; zero when no cell has a target."""
+    valid = ~torch.isnan(targets[:, :1])
+    n = valid.sum()
+    if n == 0:
+        return displacement.sum() * 0.0
+    error = torch.abs(displacement - torch.nan_to_num(targets)) * valid
+    return error.sum() / (2 * n)
+
+
 @torch.no_grad()
 def irn_inference(model: IRNet, image: np.ndarray, device: str = "cpu",
                   pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
