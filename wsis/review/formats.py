@@ -276,9 +276,7 @@ def _image_entry(index: ImageIndex, name, size, where: str) -> tuple[str, int, i
     image_id = index.resolve(name)
     if image_id is None:
         raise DataError(f"{where}: unknown image '{name}' (not an image of the infer split)")
-    from wsis.io import open_image
-    with open_image(index.dataset.image_path(image_id), index.dataset.max_pixels) as im:
-        w, h = im.size
+    h, w = reviewed_size(index.dataset, image_id)
     if size is not None and (size[0], size[1]) != (w, h):
         raise DataError(f"{where}: image '{name}' is {size[0]}x{size[1]} in the file but {w}x{h} on disk")
     return image_id, h, w
@@ -599,6 +597,70 @@ def read_review(path: Path, dataset, ids, max_member_mb: float = DEFAULT_MAX_MEM
     return total
 
 
+def reviewed_size(dataset, image_id: str) -> tuple[int, int]:
+    """(height, width) at which a review of ``image_id`` is imported and stored: the image
+    file's size, read from its header."""
+    from PIL import UnidentifiedImageError
+    from wsis.io import open_image
+    path = dataset.image_path(image_id)
+    try:
+        with open_image(path, dataset.max_pixels) as im:
+            w, h = im.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: image is listed but missing") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
+    return h, w
+
+
+def dataset_record(dataset) -> dict:
+    """What a review store records of the dataset it belongs to: its kind, root and classes
+    (an instance's ``class`` is an index into them)."""
+    return {"kind": dataset.kind, "root": str(Path(dataset.root).resolve()), "classes": list(dataset.class_names)}
+
+
+def check_store_dataset(doc: dict, store: Path, dataset) -> None:
+    """Refuse, with one line, a review store (``read_store``) that is not of ``dataset``: one
+    recorded for another kind of dataset or other classes, or an entry for an image the
+    dataset lacks, at another size than the image's, or with masks or classes that do not fit
+    it (a ``reviewed.json`` copied from another work dir). Nothing is merged before this
+    passes. A store written before stores recorded their dataset has only its entries checked
+    (``store_review`` adds the record on the next import)."""
+    record = doc.get("dataset")
+    again = "move it away (its backup, if any, is beside it) and import the reviews of this dataset again"
+    if record is not None:
+        if not isinstance(record, dict):
+            raise DataError(f"{store}: its 'dataset' record is not an object; {again}")
+        for key, ours in (("kind", dataset.kind), ("classes", list(dataset.class_names))):
+            if record.get(key) != ours:
+                raise DataError(f"{store}: the reviews of another dataset ({key} {short(record.get(key))}, here "
+                                f"{short(ours)}; recorded root {record.get('root')}); {again}")
+    known = set().union(*dataset.splits.values())
+    n_classes = len(dataset.class_names)
+    for image_id, entry in doc["images"].items():
+        where = f"{store}: image '{image_id}'"
+        if image_id not in known:
+            raise DataError(f"{where} is not an image of this dataset ({dataset.kind} at {dataset.root}); "
+                            f"a store copied from another work dir? {again}")
+        if not (isinstance(entry, dict) and positive_int(entry.get("height")) and positive_int(entry.get("width"))
+                and isinstance(entry.get("instances"), list)):
+            raise DataError(f"{where}: not a review entry (height, width, instances); {again}")
+        h, w = reviewed_size(dataset, image_id)
+        if (entry["height"], entry["width"]) != (h, w):
+            raise DataError(f"{where} was reviewed at {entry['width']}x{entry['height']}, but the image is "
+                            f"{w}x{h} here ({dataset.image_path(image_id)}); {again}")
+        for k, instance in enumerate(entry["instances"]):
+            seg = instance.get("segmentation") if isinstance(instance, dict) else None
+            cls = instance.get("class") if isinstance(instance, dict) else None
+            if not (isinstance(cls, int) and not isinstance(cls, bool) and 0 <= cls < n_classes):
+                raise DataError(f"{where}: instance {k} has class {short(cls)}, not one of this dataset's "
+                                f"{n_classes} classes (0..{n_classes - 1}); {again}")
+            if not (isinstance(seg, dict) and seg.get("size") == [h, w] and "counts" in seg):
+                size = seg.get("size") if isinstance(seg, dict) else seg
+                raise DataError(f"{where}: instance {k} has a mask of size {short(size)}, not the image's "
+                                f"{[h, w]}; {again}")
+
+
 def backup_path(store: Path) -> Path:
     return Path(store).with_name(Path(store).stem + ".previous.json")
 
@@ -619,13 +681,18 @@ def read_store(store: Path) -> dict:
     return doc
 
 
-def store_review(reviewed: dict[str, tuple], store: Path, source: Path) -> dict:
+def store_review(reviewed: dict[str, tuple], store: Path, source: Path, dataset=None) -> dict:
     """Add ``reviewed`` to the store file (an image reviewed again replaces its earlier entry);
-    returns the stored document: {"images": {id: {"height", "width", "source",
-    "instances": [{"class", "segmentation" (RLE)}]}}}. All or nothing: the store is replaced
-    atomically, after the store it replaces is kept as the backup (``backup_path``)."""
+    returns the stored document: {"dataset": {"kind", "root", "classes"}, "images": {id:
+    {"height", "width", "source", "instances": [{"class", "segmentation" (RLE)}]}}}. With
+    ``dataset``, the store already there must be of it (``check_store_dataset``), and the store
+    records it (a store written before stores did is adopted). All or nothing: the store is
+    replaced atomically, after the store it replaces is kept as the backup (``backup_path``)."""
     store = Path(store)
     doc = read_store(store)
+    if dataset is not None:
+        check_store_dataset(doc, store, dataset)
+        doc = {"dataset": dataset_record(dataset), **{k: v for k, v in doc.items() if k != "dataset"}}
     for image_id, (h, w, instances) in reviewed.items():
         doc["images"][image_id] = {"height": h, "width": w, "source": str(source),
                                    "instances": [{"class": int(c), "segmentation": rle_encode(m)}
