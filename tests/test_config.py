@@ -128,3 +128,59 @@ def test_a_binary_config_file_is_one_line(tmp_path):
     f.write_bytes(b"\x80\x02\xff\xfe" * 100)
     with pytest.raises(ConfigError, match="model.pth: not a TOML file"):
         load_config("synthetic", f)
+
+
+# ------------------------------------------------- keys that constrain each other (issue 29.5)
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train_irn.crop_size=64", "train_irn.radius=10"],
+     "train_irn.crop_size = 64 is too small for train_irn.radius = 10: IRNet trains on the crop's stride-4 grid, "
+     "16x16 cells, and pairs up to 9 cells apart need 19 cells across; raise train_irn.crop_size to at least 73 "
+     "or lower train_irn.radius to at most 8"),
+    (["train_irn.radius=1"], "train_irn.radius = 1: must be in [2, 24]"),
+    (["random_walk.radius=1"], "random_walk.radius = 1: must be in [2, 24]"),
+    (["ir_label.fg_thres=0.2", "ir_label.bg_thres=0.3"], "ir_label.bg_thres = 0.3 is above ir_label.fg_thres = 0.2"),
+    (["train_cam.crop_size=16", "train_cam.batch_size=1"],
+     "train_cam.crop_size = 16 with train_cam.batch_size = 1: the backbone's last feature map (output stride 16) is "
+     "1x1"),
+    (["seg.input_size=32", "seg.batch_size=1"], "seg.input_size = 32 with seg.batch_size = 1"),
+])
+def test_keys_that_constrain_each_other_are_checked_together(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("synthetic", overrides=overrides)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["train_irn.crop_size=73", "train_irn.radius=10"],     # the smallest crop for radius 10
+    ["train_irn.crop_size=64", "train_irn.radius=8"],      # the largest radius for crop 64
+    ["train_cam.crop_size=17", "train_cam.batch_size=1"],  # a 2x2 map: BatchNorm has 4 values per channel
+    ["train_cam.crop_size=16", "train_cam.batch_size=2"],
+])
+def test_the_edges_of_those_constraints_pass(overrides):
+    load_config("synthetic", overrides=overrides)
+
+
+@pytest.mark.parametrize("radius", [2, 5, 10])
+def test_the_crop_rule_is_the_loss_grid(radius):
+    """The schema's smallest crop is exactly where IRNet's pair maxima have sources: its grid
+    works, a grid one cell smaller fails as train_irn would."""
+    import torch
+    from wsis.algorithms.affinity import path_max
+    from wsis.schema import IRN_GRID_STRIDE, irn_min_crop
+    cells = -(-irn_min_crop(radius) // IRN_GRID_STRIDE)
+    path_max(torch.rand(1, cells, cells), radius)
+    assert -(-(irn_min_crop(radius) - 1) // IRN_GRID_STRIDE) == cells - 1
+    with pytest.raises(ValueError, match="too small for radius"):
+        path_max(torch.rand(1, cells - 1, cells - 1), radius)
+
+
+def test_a_crop_too_small_for_the_radius_stops_the_run_before_anything_runs(tiny_data, tmp_path):
+    """Before, train_cam, make_cam and ir_label ran, then train_irn failed with a traceback."""
+    from conftest import tiny_args, wsis
+    from test_faults import one_line_error
+    work = tmp_path / "work"
+    proc = wsis("run", "--stage", "train_irn", *tiny_args(tiny_data, work), "--set", "train_irn.crop_size=64",
+                "--set", "train_irn.radius=10", check=False)
+    one_line_error(proc, "train_irn.crop_size = 64 is too small for train_irn.radius = 10")
+    assert not work.exists()

@@ -136,8 +136,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "train_irn.scale_range": (ordered_pair(above(0)),),
     # the number of directions grows with radius^2 (152 at 10); beyond these ranges a run only
     # exhausts memory or time, or overflows
-    "train_irn.radius": (between(1, 24),),
-    "random_walk.radius": (between(1, 24),),
+    "train_irn.radius": (between(2, 24),),        # radius 1 relates no pair at all
+    "random_walk.radius": (between(2, 24),),
     "random_walk.beta": (above(0),),
     "random_walk.exp_times": (between(0, MAX_EXP_TIMES),),
     "sem_seg.bg_threshold": (FRACTION,),
@@ -237,8 +237,80 @@ def _sam_model(cfg: dict) -> str | None:
     return None
 
 
+IRN_GRID_STRIDE = 4   # IRNet's outputs, and the relation labels it trains on, are on the stride-4 grid (wsis.models.irn)
+
+
+def irn_min_crop(radius: int) -> int:
+    """The smallest train_irn.crop_size whose stride-4 grid holds a pair ``radius`` - 1 cells
+    apart in every direction of the half disc: the sources are the cells at least ``radius`` - 1
+    from the left, right and bottom edges (``wsis.algorithms.affinity``), so the grid needs
+    2 * (radius - 1) + 1 cells across."""
+    return IRN_GRID_STRIDE * 2 * (radius - 1) + 1
+
+
+def _irn_crop_and_radius(cfg: dict) -> str | None:
+    """train_irn.crop_size, train_irn.radius and the stride-4 grid: IRNet's loss relates the
+    pairs of the crop's grid up to radius - 1 cells apart, and a crop too small for its radius
+    has no such pair (train_irn would fail after the stages before it ran)."""
+    c = cfg.get("train_irn", {})
+    crop, radius = c.get("crop_size"), c.get("radius")
+    if not isinstance(crop, int) or not isinstance(radius, int) or radius < 2:
+        return None     # the type and range rules say what is wrong
+    if crop >= irn_min_crop(radius):
+        return None
+    cells = -(-crop // IRN_GRID_STRIDE)
+    largest = (cells + 1) // 2
+    return (f"train_irn.crop_size = {crop} is too small for train_irn.radius = {radius}: IRNet trains on the "
+            f"crop's stride-{IRN_GRID_STRIDE} grid, {cells}x{cells} cells, and pairs up to {radius - 1} cells apart "
+            f"need {2 * radius - 1} cells across; raise train_irn.crop_size to at least {irn_min_crop(radius)}"
+            + (f" or lower train_irn.radius to at most {largest}" if largest >= 2 else ""))
+
+
+def _relation_thresholds(cfg: dict) -> str | None:
+    """ir_label.fg_thres is the background score of the map whose foreground is kept (only
+    confident foreground survives it), ir_label.bg_thres that of the map whose background is
+    kept; the unsure band lies between them, so bg_thres may not exceed fg_thres."""
+    c = cfg.get("ir_label", {})
+    fg, bg = c.get("fg_thres"), c.get("bg_thres")
+    if isinstance(fg, (int, float)) and isinstance(bg, (int, float)) and bg > fg:
+        return (f"ir_label.bg_thres = {bg} is above ir_label.fg_thres = {fg}: the confident foreground is what "
+                f"beats the higher score fg_thres, the confident background what loses to the lower bg_thres "
+                f"(the reference's 0.30 and 0.05); swap them")
+    return None
+
+
+CAM_OUTPUT_STRIDE = 16   # the CAM net's backbone, its last stage dilated (wsis.models.cam)
+SEG_OUTPUT_STRIDE = 32   # the instance models' backbone under the FPN (wsis.models.registry, last_stride 2)
+
+
+def _batchnorm_batch_of_one(cfg: dict) -> str | None:
+    """A training input no larger than the backbone's output stride ends in a 1x1 feature map;
+    with a batch of one image, BatchNorm that learns (from scratch, backbone.weights = none, or
+    backbone.freeze_bn = false) then has one value per channel to normalise, and training
+    stops at its first step."""
+    b = cfg.get("backbone", {})
+    from_scratch = b.get("weights") in ("", "none")
+    for section, size_key, stride, scratch in (
+            ("train_cam", "crop_size", CAM_OUTPUT_STRIDE, from_scratch),
+            # seg.backbone_init = "cam" starts from the CAM net's trained backbone: not from scratch
+            ("seg", "input_size", SEG_OUTPUT_STRIDE, from_scratch and cfg.get("seg", {}).get("backbone_init") != "cam")):
+        s = cfg.get(section, {})
+        size, batch = s.get(size_key), s.get("batch_size")
+        if not (isinstance(size, int) and batch == 1 and size <= stride):
+            continue
+        if scratch or b.get("freeze_bn") is False:
+            why = "backbone.weights = none" if scratch else "backbone.freeze_bn = false"
+            return (f"{section}.{size_key} = {size} with {section}.batch_size = 1: the backbone's last feature map "
+                    f"(output stride {stride}) is 1x1, and its BatchNorm, which learns here ({why}), cannot "
+                    f"normalise one value per channel; raise {section}.batch_size to at least 2, or "
+                    f"{section}.{size_key} above {stride}")
+    return None
+
+
 # Rules over several keys; each returns the problem (naming the keys) or None.
-CROSS_CHECKS: tuple[Callable[[dict], "str | None"], ...] = (_solo_lengths, _seg_training_files, _sam_model)
+CROSS_CHECKS: tuple[Callable[[dict], "str | None"], ...] = (_solo_lengths, _seg_training_files, _sam_model,
+                                                            _irn_crop_and_radius, _relation_thresholds,
+                                                            _batchnorm_batch_of_one)
 
 
 def type_name(template: Any) -> str:
