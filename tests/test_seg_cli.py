@@ -97,3 +97,45 @@ def test_train_seg_on_a_users_coco_file(tiny_data, tiny_run, tmp_path):
     proc = wsis("train-seg", "--coco", tmp_path / "none.json", "--images", tiny_data / "JPEGImages",
                 "--work-dir", work, check=False)
     assert proc.returncode == 2 and "none.json: annotations JSON not found" in proc.stderr
+
+
+def tiny_checkpoint(path, change=None):
+    """A train_seg model file of the tiny preset's model (untrained), its tensors edited by ``change``."""
+    import torch
+    from wsis.config import load_config
+    from wsis.models.registry import build_instance_model
+    cfg = load_config("synthetic", TINY)
+    heads = {k: cfg[k] for k in ("solo", "yolact", "centermask")}
+    backbone = dict(cfg["backbone"], weights="none")
+    model = build_instance_model(cfg["seg"]["model"], 5, backbone, heads, "none", cfg["seg"]["fpn_channels"])
+    state = model.state_dict()
+    if change:
+        change(state)
+    arch = {"model": cfg["seg"]["model"], "backbone": backbone, "heads": heads, "input_size": cfg["seg"]["input_size"],
+            "fpn_channels": cfg["seg"]["fpn_channels"]}
+    torch.save({"arch": arch, "class_names": ["disc", "square", "triangle", "star", "cross"], "state_dict": state}, path)
+    return path
+
+
+def test_a_checkpoint_that_does_not_fit_its_model_is_one_line(tmp_path):
+    """One extra tensor, one missing, one of another shape: refused before anything is
+    written, naming the file and the first keys that differ, not PyTorch's multi-line error."""
+    import torch
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (120, 80, 40)).save(image)
+    good = tiny_checkpoint(tmp_path / "good.pt")
+    keys = list(torch.load(good, weights_only=True)["state_dict"])
+    cases = {
+        "extra": (lambda s: s.update({"extra.weight": torch.zeros(3)}), "1 unexpected key: extra.weight"),
+        "missing": (lambda s: s.pop(keys[-1]), f"1 missing key: {keys[-1]}"),
+        "shape": (lambda s: s.update({keys[0]: torch.zeros(1, 2)}), f"1 of another shape: {keys[0]} [1, 2]"),
+    }
+    for name, (change, fragment) in cases.items():
+        path = tiny_checkpoint(tmp_path / f"{name}.pt", change)
+        out = tmp_path / f"out_{name}"
+        line = one_line_error(wsis("predict", "--checkpoint", path, image, "--out", out, "--device", "cpu",
+                                   check=False))
+        assert f"{path}: does not fit the solov2 model" in line and fragment in line, line
+        assert not (out / "results.json").exists()
+    proc = wsis("predict", "--checkpoint", good, image, "--out", tmp_path / "out", "--device", "cpu")
+    assert (tmp_path / "out" / "results.json").is_file(), proc.stderr

@@ -22,6 +22,7 @@ import torchvision
 from torchvision.ops import FrozenBatchNorm2d
 from torch import nn
 
+from ..checkpoint import keys_problem, state_problem
 from ..errors import ConfigError, WsisError
 from ..pretrained import lite_wheel_weights
 from . import efficientnet_lite
@@ -152,11 +153,12 @@ class ResNetStages(Backbone):
         state = load_imagenet_state(depth, weights)
         if state is not None:
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            missing, unexpected = net.load_state_dict(state, strict=False)
-            missing = [k for k in missing if not k.startswith("fc.")]
-            if missing or unexpected:
-                raise WsisError(f"backbone.weights={weights}: does not fit resnet{depth} "
-                                f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
+            problem = state_problem(net, state)
+            if problem is None:
+                missing, unexpected = net.load_state_dict(state, strict=False)
+                problem = keys_problem([k for k in missing if not k.startswith("fc.")], unexpected)
+            if problem:
+                raise WsisError(f"backbone.weights={weights}: does not fit resnet{depth} ({problem})")
         if last_stride == 1:
             block = net.layer4[0]
             strided = block.conv2 if hasattr(block, "conv3") else block.conv1
@@ -191,10 +193,11 @@ class EfficientNetLiteStages(Backbone):
             if any(k.startswith("_conv_stem.") for k in state):
                 state = efficientnet_lite.convert_wheel_state(state, self.stages, variant, str(source))
             state = {k[len("stages."):]: v for k, v in state.items() if k.startswith("stages.")}
-            try:
-                self.stages.load_state_dict(state, strict=True)
-            except RuntimeError as e:
-                raise WsisError(f"backbone.weights={weights}: does not fit {variant} ({str(e).splitlines()[0]})") from None
+            problem = state_problem(self.stages, state)
+            if problem is None:
+                problem = keys_problem(*self.stages.load_state_dict(state, strict=False))
+            if problem:
+                raise WsisError(f"backbone.weights={weights}: does not fit {variant} ({problem})")
         self._finish(weights, freeze_bn, frozen_stages)
 
 

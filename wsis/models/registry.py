@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 from ..errors import ConfigError
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, load_fitting
 from .backbone import LOAD_LATER, backbone_from_section
 from .fpn import BackboneFPN
 
@@ -56,7 +56,11 @@ def load_instance_model(path: Path, device: str = "cpu"):
     if not isinstance(arch, dict) or "model" not in arch:
         raise ConfigError(f"{path}: a CAM or IRNet checkpoint (train_cam / train_irn), not an instance-segmentation "
                           f"model; pass the model.pt of train_seg or wsis train-seg")
-    model = build_instance_model(arch["model"], len(ckpt["class_names"]), arch["backbone"], arch["heads"], LOAD_LATER,
-                                 arch["fpn_channels"])
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model = build_instance_model(arch["model"], len(ckpt["class_names"]), arch["backbone"], arch["heads"],
+                                     LOAD_LATER, arch["fpn_channels"])
+    except (KeyError, TypeError, ValueError, IndexError) as e:   # an architecture record this wsis cannot build
+        raise ConfigError(f"{path}: not a wsis instance-segmentation checkpoint (its architecture record: "
+                          f"{type(e).__name__}: {e})") from None
+    load_fitting(model, ckpt.get("state_dict"), path, f"the {arch['model']} model its architecture record describes")
     return model.to(device).eval(), arch, ckpt["class_names"]
