@@ -466,3 +466,87 @@ def test_a_truncated_store_is_one_line_naming_the_last_good_one(tiny_data, run_c
         one_line_error(proc, f"{store}: the stored reviews are truncated", f"the last good one is {backup}")
     assert store.read_bytes() == truncated and backup.read_bytes() == after_first
     assert snapshot(run_copy / "merge_review") == merged      # checked before merge_review was cleared
+
+
+# ------------------------------------------- the store belongs to its dataset (issue 29.2, 29.7)
+def imported_store(tiny_data, work, tmp_path) -> dict:
+    """The store after one import of the two least confident images, confirmed as they are."""
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(exported_coco(tiny_data, work, tmp_path, top=2)))
+    wsis("review", "import", first, "--empty-images", "reviewed", "--unchanged-images", "reviewed",
+         *tiny_args(tiny_data, work))
+    return json.loads((work / "review" / "reviewed.json").read_text())
+
+
+def test_the_store_records_its_dataset_and_adopts_an_old_store(tiny_data, run_copy, tmp_path):
+    store_path = run_copy / "review" / "reviewed.json"
+    store = imported_store(tiny_data, run_copy, tmp_path)
+    assert store["dataset"] == {"kind": "synthetic", "root": str(tiny_data.resolve()),
+                                "classes": ["disc", "square", "triangle", "star", "cross"]}
+    assert len(store["images"]) == 2
+    # a store written before stores recorded their dataset is read as it is, and adopted on the next import
+    old = {"images": store["images"]}
+    store_path.write_text(json.dumps(old))
+    wsis("run", "--stage", "merge_review", *tiny_args(tiny_data, run_copy))
+    assert json.loads(store_path.read_text()) == old
+    later = tmp_path / "later.json"
+    later.write_text(json.dumps(exported_coco(tiny_data, run_copy, tmp_path, top=3)))
+    wsis("review", "import", later, "--empty-images", "reviewed", "--unchanged-images", "reviewed",
+         *tiny_args(tiny_data, run_copy))
+    adopted = json.loads(store_path.read_text())
+    assert adopted["dataset"] == store["dataset"] and old["images"].items() <= adopted["images"].items()
+
+
+def test_a_store_from_another_dataset_is_refused_before_anything_is_merged(tiny_data, run_copy, tmp_path):
+    """A reviewed.json copied from another work dir: an image this dataset lacks, an entry at
+    another size than its image, another dataset's record. Each stops run, report, review
+    export and review import with one line naming the store and the entry; merge_review is not
+    touched and the store stays as it was."""
+    from wsis.coco import rle_encode
+    store_path = run_copy / "review" / "reviewed.json"
+    good = imported_store(tiny_data, run_copy, tmp_path)
+    wsis("run", "--stage", "merge_review", *tiny_args(tiny_data, run_copy))
+    merged = snapshot(run_copy / "merge_review")
+    image_id, entry = next(iter(good["images"].items()))
+    h, w = entry["height"], entry["width"]
+    twice = {"height": 2 * h, "width": 2 * w, "source": "elsewhere.json",
+             "instances": [{"class": 0, "segmentation": rle_encode(np.ones((2 * h, 2 * w), bool))}]}
+    unknown = dict(good, images=dict(good["images"], **{"train_9999": entry}))
+    cases = [
+        (unknown, "image 'train_9999' is not an image of this dataset"),
+        (dict(good, images=dict(good["images"], **{image_id: twice})),
+         f"image '{image_id}' was reviewed at {2 * w}x{2 * h}, but the image is {w}x{h} here"),
+        ({"images": dict(good["images"], **{image_id: twice})},             # an old store: its entries are checked
+         f"image '{image_id}' was reviewed at {2 * w}x{2 * h}"),
+        (dict(good, dataset=dict(good["dataset"], classes=["cat", "dog"])), "the reviews of another dataset (classes"),
+        (dict(good, images=dict(good["images"], **{image_id: dict(entry, instances=[
+            {"class": 7, "segmentation": rle_encode(np.ones((h, w), bool))}])})), f"image '{image_id}': instance 0 has class 7"),
+    ]
+    again = tmp_path / "again.json"
+    again.write_text(json.dumps(exported_coco(tiny_data, run_copy, tmp_path, top=3)))
+    for doc, fragment in cases:
+        store_path.write_text(json.dumps(doc))
+        before = store_path.read_bytes()
+        for args in (("run", "--stage", "merge_review"), ("report",), ("review", "export", "--format", "coco"),
+                     ("review", "import", again, "--empty-images", "reviewed", "--unchanged-images", "reviewed")):
+            line = one_line_error(wsis(*args, *tiny_args(tiny_data, run_copy), check=False))
+            assert f"{store_path}: " in line and fragment in line, (args, line)
+        assert store_path.read_bytes() == before
+        assert snapshot(run_copy / "merge_review") == merged
+
+
+def test_review_import_takes_the_work_dir_lock(tiny_data, run_copy, tmp_path):
+    """Two imports at once on one work dir: the second waits for nothing and writes nothing, it
+    stops with one line; so does an import while a run holds the work dir."""
+    from pipelines.cache import WorkDirLock
+    doc = tmp_path / "first.json"
+    doc.write_text(json.dumps(exported_coco(tiny_data, run_copy, tmp_path, top=2)))
+    args = ("review", "import", doc, "--empty-images", "reviewed", "--unchanged-images", "reviewed",
+            *tiny_args(tiny_data, run_copy))
+    store = run_copy / "review" / "reviewed.json"
+    with WorkDirLock(run_copy / ".lock"):           # what another import, or a run, holds
+        line = one_line_error(wsis(*args, check=False))
+        assert f"{run_copy}: another wsis run is using this work dir" in line
+        assert not store.exists()
+    wsis(*args)
+    assert store.is_file()
