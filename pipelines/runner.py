@@ -10,15 +10,11 @@ import copy
 import dataclasses
 import logging
 import os
-from typing import TYPE_CHECKING
-
 from wsis.errors import WsisError
 
 from .job import Job, id_chunks
 from .progress import Progress
-
-if TYPE_CHECKING:
-    from .engine import Stage
+from .stage import Stage
 
 
 def _run_chunk(fn, job: Job, chunk):
