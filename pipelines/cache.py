@@ -152,7 +152,10 @@ class WorkDirLock:
         self.path = path
 
     def __enter__(self):
-        self.fh = open(self.path, "w")
+        try:
+            self.fh = open(self.path, "w")
+        except OSError as e:      # a read-only mount, no permission: one line, not a traceback
+            raise WsisError(f"{self.path.parent}: cannot write to the work dir ({e.strerror or e})") from None
         try:
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -34,8 +34,8 @@ from pathlib import Path
 from wsis.config import dumps_toml, section_hash
 from wsis.data import Dataset
 from wsis.errors import DiskFullError, WsisError
-from wsis.io import (TMP_MARK, read_json_or_none, read_rgb, remove_stray_temps, unreadable_reason, write_bytes,
-                     write_json)
+from wsis.io import (TMP_MARK, read_image_size, read_json_or_none, read_rgb, remove_stray_temps, unreadable_reason,
+                     write_bytes, write_json)
 
 from .cache import (HASH_CACHE, MANIFEST, ContentHashes, WorkDirLock, check_config_file, configured_file,
                     damaged_outputs, is_toml, old_format, record_outputs, remove_output, stale_reason)
@@ -44,6 +44,26 @@ from .progress import say
 from .runner import DaskRunner
 from .runner import check_scheduler_address  # noqa: F401  (re-exported: wsis/cli.py imports it from here)
 from .stage import ImageInputs, Stage  # noqa: F401  (below engine and runner; re-exported from here)
+
+
+def recorded_size(entry, stat_key: str):
+    """What ``.checked_images.json`` says of an image whose size and mtime are ``stat_key``:
+    its (height, width) as displayed when recorded; True when it was decoded but its size not
+    recorded; None when it was not checked as it is now. An entry is "size:mtime:HxW" (a
+    wsis before sizes were recorded wrote the annotation file's size there, which the check it
+    passed made the image's own; without an annotation file, "size:mtime")."""
+    if not isinstance(entry, str) or not (entry == stat_key or entry.startswith(stat_key + ":")):
+        return None
+    h, sep, w = entry[len(stat_key) + 1:].partition("x")
+    return (int(h), int(w)) if sep and h.isdigit() and w.isdigit() else True
+
+
+def check_declared_size(path, size, declared) -> None:
+    """Refuse an image whose (height, width) as displayed is not the one its annotations give it."""
+    if tuple(declared) != tuple(size):
+        raise WsisError(f"{path}: {size[1]}x{size[0]} as displayed (EXIF orientation applied), but its "
+                        f"annotations give {declared[1]}x{declared[0]} (width x height); its masks would "
+                        f"be misplaced: fix height and width in the annotation file")
 
 
 @dataclass
@@ -294,6 +314,10 @@ class Pipeline:
         if not todo:
             self._tidy_root()
             return []
+        if self.read_only():
+            raise WsisError(f"{self.work_dir}: the work dir is read-only, and {', '.join(s.name for s in todo)} "
+                            f"{'is' if len(todo) == 1 else 'are'} due; run on a writable copy (--work-dir), or make it "
+                            f"writable")
         self._running = None
         runner = DaskRunner(self.scheduler, self.workers, self.device)
         if any(s.per_image is not None for s in todo):
@@ -308,12 +332,7 @@ class Pipeline:
                     self._check_config_files(todo)
                     self._check_inputs(todo)
                     self.hashes.save()
-                    config_text = dumps_toml(self.cfg).encode()
-                    config_path = self.work_dir / "config.toml"
-                    if not config_path.is_file() or config_path.read_bytes() != config_text:
-                        if config_path.is_file() and not is_toml(config_path):
-                            say(f"{config_path}: not a readable config (damaged?); rewritten with this run's")
-                        write_bytes(config_path, config_text)
+                    self._record_config(always=True)
                     for stage in todo:
                         self._execute(stage, runner)
                 except DiskFullError as e:
@@ -333,6 +352,10 @@ class Pipeline:
         one line saying so."""
         old = [s for s in stages if self.state(s).status == "done" and old_format(self.manifest(s).get("outputs", {}))]
         if not old:
+            return
+        if self.read_only():
+            say(f"wsis: note: {', '.join(s.name for s in old)}: manifests of an older wsis, whose outputs pass its "
+                f"checks; the work dir is read-only, so their full-content hashes are not recorded")
             return
         say(f"wsis: note: {', '.join(s.name for s in old)}: manifests of an older wsis, whose outputs pass its "
             f"checks; recording their full-content hashes")
@@ -358,55 +381,97 @@ class Pipeline:
         return [s for s in plan if s.name in due]
 
     def _lock(self):
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WsisError(f"{self.work_dir}: cannot make the work dir ({e.strerror or e})") from None
         return WorkDirLock(self.work_dir / ".lock")
 
+    def read_only(self) -> bool:
+        """The work dir exists and this process cannot write in it (a read-only mount, or no
+        permission): ``status`` and a run with nothing to do still work there, and write nothing."""
+        return self.work_dir.is_dir() and not os.access(self.work_dir, os.W_OK)
+
+    def _record_config(self, always: bool) -> None:
+        """Save this run's resolved config as ``<work-dir>/config.toml`` (``always``: a run that
+        computes stages), or, in a run with nothing to do, rewrite only a record that no longer
+        parses; each time with a line saying so. In a read-only work dir the line says it stays."""
+        path = self.work_dir / "config.toml"
+        damaged = path.is_file() and not is_toml(path)
+        text = dumps_toml(self.cfg).encode()
+        if not (damaged or (always and (not path.is_file() or path.read_bytes() != text))):
+            return
+        if damaged and self.read_only():
+            say(f"{path}: not a readable config (damaged?); the work dir is read-only, so it stays as it is")
+            return
+        if damaged:
+            say(f"{path}: not a readable config (damaged?); rewritten with this run's")
+        write_bytes(path, text)
+
     def _tidy_root(self) -> None:
-        """After an up-to-date check: save new content hashes, and remove temporary files that
-        a killed writer left in the work dir's root, when no other run holds the work dir (its
-        temporary files would be live)."""
+        """After an up-to-date check: save new content hashes, rewrite a config record that no
+        longer parses, and remove temporary files that a killed writer left in the work dir's
+        root, when no other run holds the work dir (its temporary files would be live). A
+        read-only work dir is left as it is."""
         if not self.work_dir.is_dir():
             return
-        if not self.hashes.dirty and not any(TMP_MARK in p.name for p in self.work_dir.iterdir()):
+        damaged = (self.work_dir / "config.toml").is_file() and not is_toml(self.work_dir / "config.toml")
+        if self.read_only():
+            if damaged:
+                self._record_config(always=False)     # says so, writes nothing
+            return
+        if not self.hashes.dirty and not damaged and not any(TMP_MARK in p.name for p in self.work_dir.iterdir()):
             return
         try:
             with self._lock():
                 remove_stray_temps(self.work_dir)
                 self.hashes.save()
+                self._record_config(always=False)
         except WsisError:
             pass
 
     def _check_images(self, todo: list[Stage]) -> None:
         """Decode every image the run will read once (cached by size and mtime), so a missing
-        or corrupt file, or one whose size is not the size its annotation file gives it (its
-        masks would be misplaced), stops the run before any stage output is cleared or written."""
-        ids = list(dict.fromkeys(i for s in todo if s.reads_images for i in self.stage_ids(s)))
+        or corrupt file stops the run before any stage output is cleared or written. The size
+        each image has, as displayed, is recorded with it, and compared on every run with the
+        size its annotation file gives it (its masks would be misplaced), for the images of
+        every stage to run: those that read no image but draw its masks at that size (the
+        evaluations) included, and whether the image was decoded before or not."""
+        reading = dict.fromkeys(i for s in todo if s.reads_images for i in self.stage_ids(s))
+        sized = dict.fromkeys(i for s in todo if not s.reads_images for i in self.stage_ids(s)
+                              if i not in reading and self.dataset.declared_size(i))
         cache_path = self.work_dir / ".checked_images.json"
         cache = read_json_or_none(cache_path)
         if not isinstance(cache, dict):
             cache = {}
         unchecked = []
-        for i in ids:
+        for i in [*reading, *sized]:
             p = self.dataset.image_path(i)
             try:
                 st = p.stat()
             except FileNotFoundError:
-                raise WsisError(f"{p}: image is listed but missing") from None
+                if i in reading:
+                    raise WsisError(f"{p}: image is listed but missing") from None
+                continue          # no stage of this run reads it
+            stat_key = f"{st.st_size}:{st.st_mtime_ns}"
+            recorded = recorded_size(cache.get(str(p)), stat_key)
+            if recorded is None and i in reading:
+                unchecked.append((i, str(p), stat_key))
+                continue
             declared = self.dataset.declared_size(i)
-            key = f"{st.st_size}:{st.st_mtime_ns}" + (f":{declared[0]}x{declared[1]}" if declared else "")
-            if cache.get(str(p)) != key:
-                unchecked.append((i, str(p), key))
+            if declared:
+                if not isinstance(recorded, tuple):      # checked by a wsis that did not record sizes, or never
+                    recorded = read_image_size(p, self.dataset.max_pixels)
+                check_declared_size(p, recorded, declared)
         if not unchecked:
             return
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for (i, path, key), shape in zip(unchecked, pool.map(lambda u: read_rgb(u[1], 0, self.dataset.max_pixels).shape, unchecked)):
+            for (i, path, stat_key), shape in zip(unchecked, pool.map(lambda u: read_rgb(u[1], 0, self.dataset.max_pixels).shape, unchecked)):
                 declared = self.dataset.declared_size(i)
-                if declared and tuple(declared) != shape[:2]:
-                    raise WsisError(f"{path}: {shape[1]}x{shape[0]} as displayed (EXIF orientation applied), but its "
-                                    f"annotations give {declared[1]}x{declared[0]} (width x height); its masks would "
-                                    f"be misplaced: fix height and width in the annotation file")
-                cache[path] = key
+                if declared:
+                    check_declared_size(path, shape[:2], declared)
+                cache[path] = f"{stat_key}:{shape[0]}x{shape[1]}"
         write_json(cache_path, cache)
 
     def _check_config_files(self, todo: list[Stage]) -> None:
@@ -557,8 +622,12 @@ class Pipeline:
                 value = read_json_or_none(path)
                 if value is not None:
                     metrics[stage.name] = value
-        if metrics:
-            write_json(self.work_dir / METRICS, metrics)
+        path = self.work_dir / METRICS
+        if metrics and read_json_or_none(path) != metrics:     # a run that changed nothing writes nothing
+            if self.read_only():
+                say(f"{path}: not up to date; the work dir is read-only, so it stays as it is")
+            else:
+                write_json(path, metrics)
         return metrics
 
 

@@ -131,3 +131,56 @@ def test_offline_imagenet_weights_error_says_how_to_pass_a_file(tiny_data, tmp_p
                                   "https_proxy": "http://127.0.0.1:9"})
     one_line_error(proc, "could not download ImageNet weights for resnet18", "backbone.weights=/path/to/file.pth")
     assert not (tmp_path / "w" / "train_cam" / "model.pt").exists()
+
+
+# ------------------------------------------------------- a read-only work dir (issue 29.3)
+MOUNT_READ_ONLY = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+
+
+def read_only_mounts(tmp_path) -> str | None:
+    """Why this machine cannot show a process a read-only bind mount, or None: the test runs
+    each command in a mount namespace of its own where the work dir is mounted read-only."""
+    import subprocess
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    try:
+        proc = subprocess.run(["unshare", "-m", "sh", "-c", MOUNT_READ_ONLY, probe, "sh", "-c", "! touch \"$0\"/x",
+                               probe], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unshare: {e}"
+    return None if proc.returncode == 0 else f"no read-only bind mounts here: {proc.stderr.strip()[:200]}"
+
+
+def wsis_read_only(work, *args):
+    """``wsis ARGS`` as a process that sees ``work`` read-only, as on a read-only mount."""
+    import os
+    import subprocess
+    import sys
+    return subprocess.run(["unshare", "-m", "sh", "-c", MOUNT_READ_ONLY, str(work), sys.executable, "-m", "wsis.cli",
+                           *map(str, args)], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def test_a_read_only_work_dir_is_read_and_named(tiny_data, tiny_run, tmp_path):
+    """status and a run with nothing to do work on a finished read-only work dir and write
+    nothing (a no-op run wrote metrics.json); work that is due, or a review import, is one line
+    naming the work dir (it was a traceback, OSError: Read-only file system)."""
+    import pytest
+    from test_faults import one_line_error
+    why = read_only_mounts(tmp_path)
+    if why:
+        pytest.skip(why)
+    work = tmp_path / "work"
+    shutil.copytree(tiny_run, work)
+    before = snapshot(work)
+    proc = wsis_read_only(work, "run", *tiny_args(tiny_data, work))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert set(stage_lines(proc.stderr).values()) == {"up to date"}
+    proc = wsis_read_only(work, "status", *tiny_args(tiny_data, work))
+    assert proc.returncode == 0 and all(line.split()[1] == "done" for line in proc.stdout.splitlines()), proc.stdout
+    one_line_error(wsis_read_only(work, "run", *tiny_args(tiny_data, work), "--set", "seg.epochs=2"),
+                   f"{work}: the work dir is read-only, and train_seg, ", "are due")
+    one_line_error(wsis_read_only(work, "review", "import", tmp_path / "reviewed.json", *tiny_args(tiny_data, work)),
+                   f"{work}: cannot write to the work dir (Read-only file system)")
+    assert snapshot(work) == before
+    assert "train_seg    stale" in wsis("status", *tiny_args(tiny_data, work), "--set", "seg.epochs=2").stdout

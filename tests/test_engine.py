@@ -403,3 +403,89 @@ def test_a_whole_dataset_stage_maps_its_per_image_work_on_the_workers(tmp_path, 
     assert mapped["one chunk"] == [{"im0": (20, os.getpid()), "im1": (22, os.getpid())}]
     here = Job("toy", cfg, ds, ids, tmp_path, {}).map_ids(doubled_with_pid, work)
     assert here == [{i: (2 * work[i], os.getpid()) for i in c} for c in (ids[:2], ids[2:4], ids[4:])]
+
+
+# ------------------------------------------- declared image sizes on every run (issue 29.1)
+class SizedDataset(Dataset):
+    """Images on disk whose annotation file declares their sizes, as a COCO file does."""
+    sizes: dict = None
+
+    def image_path(self, image_id):
+        return self.root / f"{image_id}.png"
+
+    def declared_size(self, image_id):
+        return self.sizes[image_id]
+
+
+def sized_pipeline(tmp_path, sizes, version=1):
+    from PIL import Image
+    for name in ("x", "y"):
+        if not (tmp_path / f"{name}.png").exists():
+            Image.new("RGB", (6, 4)).save(tmp_path / f"{name}.png")      # 4 high, 6 wide
+    ds = SizedDataset("coco", tmp_path, ("a",), {"all": ("x", "y")}, {"x": (0,), "y": (0,)})
+    ds.sizes = sizes
+    reads = dataclasses.replace(make_stage("make"), reads_images=True)
+    evaluate = make_stage("evaluate", ("make",))                          # draws masks at the declared sizes
+    cfg = {"make": {"v": 1}, "evaluate": {"v": version}, "run": {"chunk_size": 1}}
+    return Pipeline({"make": reads, "evaluate": evaluate}, cfg, ds, tmp_path / "work")
+
+
+def test_declared_sizes_are_checked_on_every_run_from_the_records(tmp_path, monkeypatch):
+    """A finished work dir, then an annotation file that swaps one image's height and width:
+    only a stage that reads no image (an evaluation, whose ground truth the file's sizes
+    shape) is due, and it is refused before it runs, from the sizes recorded when the images
+    were decoded (none is decoded again)."""
+    import pipelines.engine as engine
+    CALLS.clear()
+    assert sized_pipeline(tmp_path, {"x": (4, 6), "y": (4, 6)}).run("all") == ["make", "evaluate"]
+    monkeypatch.setattr(engine, "read_rgb", lambda *a, **k: pytest.fail("an image was decoded again"))
+    swapped = sized_pipeline(tmp_path, {"x": (4, 6), "y": (6, 4)}, version=2)
+    assert swapped.state(swapped.stages["make"]).status == "done"
+    with pytest.raises(WsisError, match=r"y.png: 6x4 as displayed .* but its annotations give 4x6"):
+        swapped.run("evaluate")
+    assert CALLS == ["make", "evaluate"]
+    assert sized_pipeline(tmp_path, {"x": (4, 6), "y": (4, 6)}, version=2).run("evaluate") == ["evaluate"]
+
+
+def test_sizes_recorded_by_an_older_wsis_are_read(tmp_path):
+    """An older wsis recorded the annotation file's size, which its check made the image's."""
+    from pipelines.engine import recorded_size
+    assert recorded_size("10:20:4x6", "10:20") == (4, 6)
+    assert recorded_size("10:20", "10:20") is True          # no annotation sizes: decoded, size not kept
+    assert recorded_size("10:21:4x6", "10:20") is None and recorded_size(None, "10:20") is None
+    assert recorded_size("10:201:4x6", "10:20") is None     # another mtime, not a prefix match
+
+
+# ------------------------------------------------ read-only work dirs, damaged records (29.3, 29.6)
+def test_a_damaged_config_record_is_rewritten_by_a_run_with_nothing_to_do(tmp_path, capsys):
+    toy(tmp_path).run("all")
+    record = tmp_path / "work" / "config.toml"
+    good = record.read_bytes()
+    record.write_bytes(b"\x00\x01 not [[ toml")
+    assert toy(tmp_path).run("all") == []
+    assert record.read_bytes() == good
+    assert f"{record}: not a readable config (damaged?); rewritten with this run's" in capsys.readouterr().err
+
+
+def test_a_read_only_work_dir_is_read_and_never_written(tmp_path, monkeypatch, capsys):
+    """What a read-only mount does to a process that may write anywhere else: the work dir is
+    not writable (os.access) and every write in it fails. A run with nothing to do works and
+    writes nothing; one with work due is one line naming the work dir; a damaged record is
+    named and left as it is."""
+    import pipelines.engine as engine
+    from conftest import snapshot
+    toy(tmp_path).run("all")
+    work = tmp_path / "work"
+    record = work / "config.toml"
+    record.write_bytes(b"\x00 damaged")
+    before = snapshot(work)
+    real_access = os.access
+    monkeypatch.setattr(engine.os, "access", lambda p, mode: False if Path(p) == work else real_access(p, mode))
+    p = toy(tmp_path)
+    assert p.run("all") == [] and p.collect_metrics() == {}
+    assert f"{record}: not a readable config (damaged?); the work dir is read-only" in capsys.readouterr().err
+    cfg = {n: {"v": 1} for n in "abcd"}
+    cfg["c"] = {"v": 2}
+    with pytest.raises(WsisError, match=f"{work}: the work dir is read-only, and c is due"):
+        toy(tmp_path, cfg).run("all")
+    assert snapshot(work) == before

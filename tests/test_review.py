@@ -518,7 +518,7 @@ def test_a_store_from_another_dataset_is_refused_before_anything_is_merged(tiny_
          f"image '{image_id}' was reviewed at {2 * w}x{2 * h}, but the image is {w}x{h} here"),
         ({"images": dict(good["images"], **{image_id: twice})},             # an old store: its entries are checked
          f"image '{image_id}' was reviewed at {2 * w}x{2 * h}"),
-        (dict(good, dataset=dict(good["dataset"], classes=["cat", "dog"])), "the reviews of another dataset (classes"),
+        (dict(good, dataset=dict(good.get("dataset", {}), classes=["cat", "dog"])), "the reviews of another dataset (classes"),
         (dict(good, images=dict(good["images"], **{image_id: dict(entry, instances=[
             {"class": 7, "segmentation": rle_encode(np.ones((h, w), bool))}])})), f"image '{image_id}': instance 0 has class 7"),
     ]

@@ -74,6 +74,14 @@ def user_errors(f):
         except WsisError as e:
             click.echo(f"wsis: error: {e}", err=True)
             sys.exit(2)
+        except OSError as e:
+            # a read-only mount or a file without permission is the user's, not a bug: one line
+            # naming it (the work dir's own writes say so themselves, before anything is written)
+            import errno
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not e.filename:
+                raise
+            click.echo(f"wsis: error: {e.filename}: {e.strerror}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("wsis: interrupted; finished outputs are kept, rerun to resume", err=True)
             sys.exit(130)
@@ -171,7 +179,10 @@ class Session:
                     raise ConfigError(f"{path}: this work dir caches {key} '{old.get(key)}', not "
                                       f"'{identity[key]}'; pass another --work-dir")
         elif record:
-            write_json(path, identity)
+            try:
+                write_json(path, identity)
+            except OSError as e:
+                raise ConfigError(f"{self.work_dir}: cannot write to the work dir ({e.strerror or e})") from None
 
     def check_eval_set(self, dataset) -> None:
         """Open the held-out eval set now, so that a bad file stops a run before training."""
