@@ -284,3 +284,39 @@ def test_switching_every_part_off_restores_the_outputs_without_reviews(ds, tiny_
         assert new["fingerprint"] == old["fingerprint"], stage
     assert (work / "export" / "pseudo_labels.json").read_bytes() == (tiny_run / "export" / "pseudo_labels.json").read_bytes()
     assert not (work / "ir_label" / "instances").exists() or not any((work / "ir_label" / "instances").iterdir())
+
+
+@pytest.mark.parametrize("key, stage", [("cam_loss", "train_cam"), ("relation_labels", "ir_label"),
+                                        ("irn_targets", "train_irn"), ("export", "export")])
+def test_each_part_off_gives_its_stage_the_fingerprint_without_reviews(ds, tiny_data, tmp_path, key, stage):
+    """Reviews stored: with its key off, a stage's fingerprint is the one it has with no review
+    at all (the same cache, the same outputs), while the stages of the parts still on differ."""
+    from pipelines.dag import STAGES
+    from pipelines.engine import Pipeline
+    work = tmp_path / "work"
+    (work / "review").mkdir(parents=True)
+    ids = infer_ids(ds)[:2]
+    entries = {}
+    for image_id in ids:
+        gt = ds.instance_gt(image_id)
+        entries[image_id] = {"height": gt.masks.shape[1], "width": gt.masks.shape[2], "source": "test",
+                             "instances": [{"class": int(c), "segmentation": annotation(m, c, 1, 1)["segmentation"]}
+                                           for m, c in zip(gt.masks, gt.classes)]}
+    (work / "review" / "reviewed.json").write_text(json.dumps({"images": entries}))
+
+    def components(work_dir, *overrides):
+        cfg = load_config("synthetic", TINY, list(overrides))
+        pipeline = Pipeline(STAGES, cfg, open_dataset("synthetic", cfg, tiny_data), work_dir)
+        return {name: pipeline.fingerprint(s)[1] for name, s in pipeline.stages.items()}
+
+    without = components(tmp_path / "no-reviews")
+    part_off = components(work, f"review.{key}=false")
+    all_on = components(work)
+    # off: the stage reads no review, and its fingerprint is made of what it is without them
+    # (equal to the run without reviews once its upstream is: train_cam has none)
+    assert "image_inputs" not in part_off[stage] and "image_inputs" in all_on[stage]
+    assert all_on[stage]["image_inputs"]["entries"].keys() == set(ids)
+    if stage == "train_cam":
+        assert part_off[stage] == without[stage]
+    for other in {"train_cam", "ir_label", "train_irn", "export"} - {stage}:
+        assert part_off[other]["image_inputs"] == all_on[other]["image_inputs"]
