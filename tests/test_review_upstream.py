@@ -12,18 +12,16 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from conftest import TINY, snapshot, tiny_args, wsis
+from conftest import REVIEW_PARTS_OFF, TINY, snapshot, tiny_args, wsis
 from wsis.coco import annotation
 from wsis.config import load_config
 from wsis.data import open_dataset
 from wsis.io import read_label_png, read_uint16_png
 from wsis.models.irn import centroid_loss
-from wsis.review.supervision import (INSTANCE_IGNORE, centroid_displacements, class_channels, class_targets,
+from wsis.algorithms.supervision import (INSTANCE_IGNORE, centroid_displacements, class_channels, class_targets,
                                      instance_relation_labels, pixel_class_loss, region_labels)
 from wsis.transforms import cam_train_augment, irn_train_augment
 
-PARTS_OFF = ["--set", "review.cam_loss=false", "--set", "review.relation_labels=false",
-             "--set", "review.irn_targets=false", "--set", "review.export=false"]
 
 
 # ------------------------------------------------------------------ pure functions
@@ -273,7 +271,7 @@ def test_with_every_part_on_an_import_retrains_the_cam_classifier(ds, tiny_data,
 def test_switching_every_part_off_restores_the_outputs_without_reviews(ds, tiny_data, tiny_run, work, tmp_path):
     """Reviews imported, every part off: each stage's fingerprint is the one it had before any
     review, and a run computes exactly the run without reviews (the export byte for byte)."""
-    args = tiny_args(tiny_data, work, *PARTS_OFF)
+    args = tiny_args(tiny_data, work, *REVIEW_PARTS_OFF)
     wsis("review", "import", gt_review(ds, work, tmp_path, infer_ids(ds)[:3], "r.json"), *args)
     wsis("run", "--stage", "export", *tiny_args(tiny_data, work))          # parts on: everything changes
     assert (work / "export" / "pseudo_labels.json").read_bytes() != (tiny_run / "export" / "pseudo_labels.json").read_bytes()

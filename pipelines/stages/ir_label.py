@@ -9,7 +9,7 @@ import numpy as np
 
 from wsis.algorithms.relations import relation_labels
 from wsis.io import read_npz, write_label_png, write_uint16_png
-from wsis.review.supervision import instance_relation_labels, reviewed_instances
+from wsis.algorithms.supervision import instance_relation_labels, reviewed_instances
 
 from ..job import Job
 from .reviews import reviewed_entries
@@ -23,7 +23,7 @@ def instance_map_path(out_dir, image_id: str):
 
 def process(job: Job, ids: list[str]) -> None:
     """Writes ``<id>.png``: 0 background, c + 1 class c, 255 unsure; for a reviewed image also
-    ``instances/<id>.png`` (``wsis.review.supervision.instance_map``)."""
+    ``instances/<id>.png`` (``wsis.algorithms.supervision.instance_map``)."""
     c = job.cfg["ir_label"]
     crf = {k: c[k] for k in ("gt_prob", "iterations", "gauss_sxy", "gauss_compat",
                              "bilateral_sxy", "bilateral_srgb", "bilateral_compat")}

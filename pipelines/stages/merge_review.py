@@ -1,6 +1,9 @@
 """Merge reviewed annotations (``wsis review import``) into the training set: a reviewed image
 takes exactly the reviewer's instances, every other image its pseudo-labels. Each annotation
-records its ``source``, "pseudo" or "reviewed"."""
+records its ``source``, "pseudo" or "reviewed". Its counts compare each reviewed image's
+instances with the pseudo-labels the export holds for it: those the reviewer edited when the
+reviews teach no stage before the export (review.*), else those of the pipeline retrained on
+them (``export``'s replaced file)."""
 
 from __future__ import annotations
 

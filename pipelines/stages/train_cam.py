@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from wsis.models.backbone import LOAD_LATER, backbone_from_section
 from wsis.models.cam import CAMNet
 from wsis.checkpoint import load_checkpoint
-from wsis.review.supervision import class_channels, class_targets, pixel_class_loss, reviewed_instances
+from wsis.algorithms.supervision import class_channels, class_targets, pixel_class_loss, reviewed_instances
 from wsis.transforms import cam_train_augment
 
 from .. import distributed

@@ -10,8 +10,8 @@ import torch
 from wsis.errors import ConfigError
 from wsis.io import read_label_png, read_uint16_png
 from wsis.models.backbone import LOAD_LATER, Backbone, backbone_from_section
+from wsis.algorithms.supervision import centroid_displacements, instance_map, region_labels, reviewed_instances
 from wsis.models.irn import IRNet, centroid_loss, irn_losses
-from wsis.review.supervision import centroid_displacements, instance_map, region_labels, reviewed_instances
 from wsis.checkpoint import load_checkpoint
 from wsis.transforms import irn_train_augment
 
