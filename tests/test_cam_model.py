@@ -185,3 +185,30 @@ def test_cached_views_leave_a_backbone_that_trains_to_per_step_crops(tiny_data, 
     assert not torch.allclose(trained[key], start[key])
     for k in plain:
         torch.testing.assert_close(trained[k], plain[k], rtol=1e-5, atol=1e-6)
+
+
+def test_cached_views_with_reviews_train_the_head_as_per_step_crops_do(tiny_data, tmp_path, resnet18_file):
+    """Reviewed images (issue 27) add the per-pixel loss on both paths: pooling each crop once,
+    its feature maps and class targets kept, trains the classifier that running the backbone at
+    every step does; and the reviews change it."""
+    import json
+
+    from wsis.coco import rle_encode
+    cfg = load_config("synthetic", TINY)
+    ds = open_dataset("synthetic", cfg, tiny_data)
+    entries = {}
+    for image_id in ds.ids(cfg["data"]["train_split"])[:4]:
+        gt = ds.instance_gt(image_id)
+        entries[image_id] = {"height": gt.masks.shape[1], "width": gt.masks.shape[2], "source": "test",
+                             "instances": [{"class": int(c), "segmentation": rle_encode(m)}
+                                           for m, c in zip(gt.masks, gt.classes)]}
+    reviewed = tmp_path / "reviewed"
+    (reviewed / "review").mkdir(parents=True)
+    (reviewed / "review" / "reviewed.json").write_text(json.dumps({"images": entries}))
+    plain = _train_cam(tiny_data, reviewed / "plain", resnet18_file, epochs=2, cached_views=0)
+    cached = _train_cam(tiny_data, reviewed / "cached", resnet18_file, epochs=2, cached_views=2)
+    unreviewed = _train_cam(tiny_data, tmp_path / "unreviewed", resnet18_file, epochs=2, cached_views=2)
+    torch.testing.assert_close(cached["classifier.weight"], plain["classifier.weight"], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(cached["classifier.weight"], unreviewed["classifier.weight"], atol=1e-4)
+    history = json.loads((reviewed / "cached" / "loss_history.json").read_text())
+    assert all(e["pixel"] > 0 for e in history)

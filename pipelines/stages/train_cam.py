@@ -100,11 +100,16 @@ def run(job: Job) -> None:
         no_maps = torch.zeros((model.backbone.channels[-1],) + grid)
 
         def make_pooled_sample(index, epoch):
+            """(pooled features, labels), and with reviews (class targets, feature maps): the
+            targets stand third in every sample, as ``compute_loss`` reads them."""
             sample = pooled[epoch % views, index], torch.from_numpy(job.dataset.label_vector(job.ids[index]))
-            return (*sample, *kept.get((epoch % views, index), (no_maps, no_targets))) if reviews else sample
+            if not reviews:
+                return sample
+            feature_maps, targets = kept.get((epoch % views, index), (no_maps, no_targets))
+            return (*sample, targets, feature_maps)
 
         trained, sample = PooledHead(model.classifier), make_pooled_sample
-        forward = lambda net, batch: net(batch[0], batch[2] if reviews else None)   # noqa: E731
+        forward = lambda net, batch: net(batch[0], batch[3] if reviews else None)   # noqa: E731
     else:
         trained, sample = model, make_sample
         forward = lambda net, batch: net(batch[0].float(), class_maps=bool(reviews))   # noqa: E731
