@@ -160,7 +160,7 @@ RUNNABLE = [    # values the types allow but no run can use, each with make_cam.
     ("random_walk.exp_times=60", "random_walk.exp_times = 60: must be in [0, 16]"),
     ("ins_seg.exp_times=60", "ins_seg.exp_times = 60: must be in [-1, 16]"),
     ("ins_seg.centroid_iterations=1000000000", "ins_seg.centroid_iterations = 1000000000: must be in [0, 5000]"),
-    ("random_walk.radius=1000", "random_walk.radius = 1000: must be in [1, 24]"),
+    ("random_walk.radius=1000", "random_walk.radius = 1000: must be in [2, 24]"),
 ]
 
 
