@@ -38,6 +38,11 @@ Baselines at the same reviewed percentages, scored on the same photos:
     ground truth alone (seg.train_json), for as many training steps as the loop's model gets;
     map50 of its model.
 
+``--ablation P`` reruns the loop's round at P % once per upstream part switched off
+(review.cam_loss, relation_labels, irn_targets, export; each from a copy of that round's work
+dir, so the engine recomputes what the switch changes) and reports its pseudo-label figures
+under ``ablation``: what each part adds on its own.
+
 ``reviewed_exact`` is the share of the loop's reviewed photos (last round) whose exported
 instances equal the imported masks exactly (as multisets of (class, mask)).
 
@@ -498,6 +503,14 @@ def table(rounds: list[dict], baselines: dict) -> str:
     return "\n".join(lines)
 
 
+def ablation_table(rows: list[dict]) -> str:
+    """The loop at one round with each upstream part off in turn: what each part adds."""
+    head = f"{'switched off':<22} {'CAM mIoU':>9} {'sem mIoU':>9} {'mAP25':>6} {'mAP50':>6} {'mAP70':>6} {'COCO AP':>8}"
+    return "\n".join([head, "-" * len(head)] + [
+        f"{r['off']:<22} {r['cam_miou']:>9.1f} {r['sem_miou']:>9.1f} {r['map25']:>6.1f} {r['map50']:>6.1f} "
+        f"{r['map70']:>6.1f} {r['coco_ap']:>8.1f}" for r in rows])
+
+
 def plot(path: Path, result: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -548,6 +561,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--baselines", default=",".join(BASELINES), help="which baselines to run ('' for none)")
     ap.add_argument("--photos", type=int, default=None, help="only the first N photos of the set")
     ap.add_argument("--quick", action="store_true", help="tiny settings, for a smoke run")
+    ap.add_argument("--ablation", type=int, default=None, metavar="PERCENT",
+                    help="also rerun the loop's round at PERCENT with each upstream part off in turn")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return ap.parse_args(argv)
 
@@ -563,6 +578,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         sys.exit(f"--baselines: unknown '{unknown[0]}' (have: {', '.join(BASELINES)})")
+    if args.ablation is not None and args.ablation not in percents[1:]:
+        sys.exit(f"--ablation {args.ablation}: not one of the reviewed rounds ({', '.join(map(str, percents[1:]))})")
     if args.photos is not None and args.photos < 4:
         sys.exit("--photos: at least 4")
 
@@ -652,7 +669,21 @@ def main(argv: list[str] | None = None) -> None:
             results["supervised_only"].append({"reviewed_percent": 100 * counts[p] / total, "map50": f["model_map50"]})
             details[m.name] = {**f, "train_photos": counts[p], "epochs": epochs, "rerun_seconds": seconds}
 
-    result = {"rounds": rounds, "baselines": results, "reviewed_exact": exact, "eval_photos": len(bench.scoring),
+    ablation = []
+    if args.ablation is not None:
+        loop = Method(bench, "loop", args.ablation)
+        for key in REVIEW_OFF:
+            part = key.split(".")[1]
+            m = Method(bench, f"without_{part}", args.ablation, {key: False})
+            print(f"loop without {key}, {args.ablation} % reviewed:", flush=True)
+            m.start_from(loop)           # the engine recomputes what the switch changes
+            seconds = m.run(["sem_seg", "export"])
+            f = score(bench, m, model=False)
+            ablation.append({"off": key, "reviewed_percent": 100 * counts[args.ablation] / total,
+                             **{k: f[k] for k in ROUND_KEYS[1:-2]}, "rerun_seconds": seconds})
+        print("\n" + ablation_table(ablation))
+
+    result = {"rounds": rounds, "baselines": results, "ablation": ablation, "reviewed_exact": exact, "eval_photos": len(bench.scoring),
               "seconds": time.monotonic() - t_start,
               "photos": total, "seg_settings": {**SEG_SETTINGS, **({k: v for k, v in QUICK_SETTINGS.items()
                                                                     if k.startswith(("seg.", "solo."))}

@@ -146,7 +146,7 @@ def run_bench(data, work, out, *extra):
 @needs_lite0
 def test_review_loop_quick(shapes_coco, tmp_path):
     work, out = tmp_path / "work", tmp_path / "loop.json"
-    printed = run_bench(shapes_coco, work, out, "--plot", str(tmp_path / "loop.png"))
+    printed = run_bench(shapes_coco, work, out, "--plot", str(tmp_path / "loop.png"), "--ablation", "30")
     result = json.loads(out.read_text())
     assert set(result) >= {"rounds", "baselines", "reviewed_exact", "eval_photos", "seconds"}
     assert result["eval_photos"] == 3                       # 30 % of 10
@@ -163,6 +163,15 @@ def test_review_loop_quick(shapes_coco, tmp_path):
     assert 0 <= result["reviewed_exact"] <= 1
     assert result["details"]["seg_only-030"]["pseudo_labels_as_round_0"]   # review.* off: round 0's pseudo-labels
     assert (tmp_path / "loop.png").stat().st_size > 0
+    # the ablation: the 30 % round once per upstream part switched off; without review.export the
+    # reviewed photos export pseudo-labels again, with it (the loop) the reviewed masks
+    assert [r["off"] for r in result["ablation"]] == list(review_loop.REVIEW_OFF)
+    assert all(r["reviewed_percent"] == 30.0 and 0 <= r["map50"] <= 100 for r in result["ablation"])
+
+    def sources(name):
+        return {a.get("source") for a in json.loads((work / name / "export" / "pseudo_labels.json").read_text())
+                ["annotations"]}
+    assert "reviewed" in sources("loop-030") and "reviewed" not in sources("without_export-030")
     assert "reviewed_exact" in printed
 
     # the simulated reviewer picked from wsis's queue, never a scoring photo; every method reviewed 3
