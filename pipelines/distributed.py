@@ -10,12 +10,12 @@ writes checkpoints and the model; the driver writes the manifest once torchrun h
 from __future__ import annotations
 
 import importlib
-import os
 
 import torch
 import torch.distributed as dist
 
 from wsis.errors import WsisError
+from wsis.threads import set_torch_threads, set_wait_policy
 
 
 def world_size() -> int:
@@ -56,6 +56,9 @@ def launch(job, function: str, processes: int) -> None:
     if job.device.startswith("cuda") and torch.cuda.device_count() < processes:
         raise WsisError(f"--gpus {processes}: only {torch.cuda.device_count()} CUDA devices are visible")
     address = ("127.0.0.1", free_port())
+    # the ranks inherit this environment; the policy must be there before they load PyTorch
+    # (``wsis`` has set it already; a caller of the engine may not have)
+    set_wait_policy()
     try:
         mp.start_processes(_rank_main, args=(processes, address, job, function), nprocs=processes,
                            start_method="spawn")
@@ -74,7 +77,7 @@ def _rank_main(rank: int, world: int, address: tuple[str, int], job, function: s
         backend = "nccl"
     else:
         # the ranks share the cores instead of each taking all of them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        set_torch_threads(world)
         backend = "gloo"
     dist.init_process_group(backend, init_method=f"tcp://{address[0]}:{address[1]}", rank=rank,
                             world_size=world)

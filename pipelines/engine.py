@@ -325,6 +325,8 @@ class Pipeline:
         try:
             from wsis.device import resolve_device
             self.device = runner.device = resolve_device(self.device)   # "auto" -> cpu/cuda, only when work is due
+            from wsis.threads import set_torch_threads
+            set_torch_threads()   # this process trains on the usable cores (a container's quota, taskset)
             with self._lock():
                 try:
                     remove_stray_temps(self.work_dir)
@@ -573,6 +575,8 @@ class Pipeline:
                 raise RuntimeError(f"{stage.name}: no output for {len(missing)} images, e.g. {missing[0]}")
         else:
             say(f"{stage.name}: {stage.description}")
+            if stage.data_parallel:
+                runner.release_workers()   # idle while it trains, they would hold their memory
             if stage.data_parallel and self.processes > 1:
                 from .distributed import launch
                 launch(job, stage.run, self.processes)

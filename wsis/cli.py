@@ -7,11 +7,17 @@ import functools
 import sys
 from pathlib import Path
 
-import click
+from .threads import busy_note, cpu_snapshot, set_wait_policy, usable_cpus
 
-from .config import load_config
-from .data.registry import DATASET_KINDS
-from .errors import ConfigError, WsisError
+# Before anything imports PyTorch, here and in the processes wsis spawns (which import this
+# module again): its OpenMP runtime reads the wait policy once, when it is loaded (issue 28).
+set_wait_policy()
+
+import click  # noqa: E402
+
+from .config import load_config  # noqa: E402
+from .data.registry import DATASET_KINDS  # noqa: E402
+from .errors import ConfigError, WsisError  # noqa: E402
 
 
 def common_options(f):
@@ -91,13 +97,20 @@ def user_errors(f):
 def capped_workers(workers: int) -> int:
     """Local Dask workers: at most one per CPU (each is a process with its own memory; more
     only compete for the same cores), with a line when ``workers`` asked for more."""
-    import os
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     if workers > cpus:
         click.echo(f"wsis: note: {workers} workers asked for (--workers or run.workers), but this machine has "
                    f"{cpus} CPUs; using {cpus}", err=True)
         return cpus
     return workers
+
+
+def note_busy_cpus(snapshot) -> None:
+    """At the start of a long command: one line on stderr when other programs keep the CPUs
+    busy (measured since ``snapshot``, taken as the command started; wsis.threads.busy_note)."""
+    line = busy_note(snapshot)
+    if line:
+        click.echo(line, err=True)
 
 
 def check_directory(path: Path, option: str) -> None:
@@ -221,6 +234,7 @@ def main():
 @user_errors
 def run(stage, force, workers, scheduler, gpus, **common):
     """Run STAGE after whatever it needs that is missing or stale."""
+    busy = cpu_snapshot()
     from pipelines.engine import check_scheduler_address
     from pipelines.report import metrics_table
     if workers < 0:
@@ -230,6 +244,7 @@ def run(stage, force, workers, scheduler, gpus, **common):
     session = Session(**common)
     pipeline = session.pipeline(scheduler, workers, record=True)
     check_review_store(pipeline)
+    note_busy_cpus(busy)
     pipeline.processes = gpus
     pipeline.run(stage, force=force)
     metrics = pipeline.collect_metrics()
@@ -288,6 +303,7 @@ def synth(seed, **common):
 def train_seg(coco_json, images, force, work_dir, config_file, overrides, device, eval_annotations, eval_images):
     """Train the instance-segmentation model (seg.model) on your own COCO JSON; with
     --eval-annotations, then score it on those held-out images."""
+    busy = cpu_snapshot()
     import dataclasses
     from pipelines.dag import STAGES
     from pipelines.engine import Pipeline
@@ -308,6 +324,7 @@ def train_seg(coco_json, images, force, work_dir, config_file, overrides, device
     if session.cfg["eval_seg"]["annotations"]:
         stages["eval_seg"] = STAGES["eval_seg"]
     pipeline = Pipeline(stages, session.cfg, dataset, session.work_dir, session.device_request)
+    note_busy_cpus(busy)
     pipeline.run("all", force=force)
     click.echo(f"model: {pipeline.out_dir(stage) / 'model.pt'}")
     if "eval_seg" in stages:
@@ -481,6 +498,7 @@ def review_import(file, empty_images, unchanged_images, **common):
 def diagnose(oracle_rows, limit, figures, **common):
     """Oracle ablation: replace one upstream input at a time with its ground-truth ideal and
     score the re-synthesised instance pseudo-labels (datasets with masks)."""
+    busy = cpu_snapshot()
     from pipelines.stages.diagnose import DIAGNOSE_DIR, RESULT_FILE, parse_oracles, run_diagnose
     rows = parse_oracles(oracle_rows)
     session = Session(**common)
@@ -489,6 +507,7 @@ def diagnose(oracle_rows, limit, figures, **common):
         click.echo(f"diagnose: skipped: dataset '{session.kind}' has no ground-truth masks to make oracles from")
         return
     session.check_work_dir(record=True)
+    note_busy_cpus(busy)
     result = run_diagnose(pipeline, rows, limit, figures)
     click.echo(result["table"])
     click.echo(f"diagnose: {session.work_dir / DIAGNOSE_DIR / RESULT_FILE}")
