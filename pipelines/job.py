@@ -15,6 +15,7 @@ from .progress import Progress
 
 PROGRESS = "progress.json"
 METRICS = "metrics.json"
+LOSS_HISTORY_FILE = "loss_history.json"   # a training stage's, per epoch: mean loss and mean of each logged term
 
 
 @dataclass

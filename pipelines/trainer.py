@@ -15,11 +15,10 @@ from wsis.io import read_json_or_none, write_json
 from wsis.checkpoint import UnreadableCheckpoint, load_checkpoint, poly_lr, save_checkpoint
 
 from . import distributed
-from .job import PROGRESS, Job
+from .job import LOSS_HISTORY_FILE, PROGRESS, Job
 
 CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.previous.pt"   # the epoch before: resumed from when the last is damaged
-LOSS_HISTORY_FILE = "loss_history.json"   # per epoch: mean loss and mean of each logged term
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

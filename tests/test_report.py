@@ -508,6 +508,46 @@ def test_a_kept_picture_that_is_damaged_or_of_another_size_is_drawn_again(tiny_d
     assert {p.name: p.read_bytes() for p in sorted(cache.iterdir())} == good
 
 
+def test_a_rebuild_keeps_its_plots_and_imports_neither_pytorch_nor_matplotlib(tiny_data, tiny_run, tmp_path):
+    """``wsis report`` when nothing a plot shows changed (a refresh after a review import):
+    every plot is the file drawn before, untouched, and the command imports neither PyTorch
+    (the report runs no model; the tiny config trains in float32, so no stage needs PyTorch to
+    resolve run.amp) nor matplotlib. A plot whose file is damaged, or whose recorded data
+    differs, is drawn again, the same bytes as before."""
+    import sys
+
+    from conftest import snapshot, tiny_args
+    from pipelines.cache import MANIFEST
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_run, work)
+    plots_dir = work / "report" / "plots"
+    good = {p.name: p.read_bytes() for p in plots_dir.glob("*.png")}
+    assert set(good) == set(PLOTS)
+
+    def rebuild():
+        (work / "report" / MANIFEST).unlink(missing_ok=True)   # not up to date: wsis report builds it again
+        code = ("import sys\nfrom wsis.cli import main\nmain(sys.argv[1:], standalone_mode=False)\n"
+                "print('imported:', *[m for m in ('torch', 'matplotlib') if m in sys.modules])")
+        proc = subprocess.run([sys.executable, "-c", code, "report", *map(str, tiny_args(tiny_data, work))],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    before = {n: v for n, v in snapshot(plots_dir).items() if n.endswith(".png")}
+    out = rebuild()
+    assert "imported:\n" in out                     # neither module
+    assert {n: v for n, v in snapshot(plots_dir).items() if n.endswith(".png")} == before
+
+    (plots_dir / "loss.png").write_bytes(good["loss.png"][:100])
+    keys = json.loads((plots_dir / "keys.json").read_text())
+    keys["histograms.png"] = "0" * 64
+    (plots_dir / "keys.json").write_text(json.dumps(keys))
+    assert "matplotlib" in rebuild()
+    assert {p.name: p.read_bytes() for p in plots_dir.glob("*.png")} == good
+    assert json.loads((plots_dir / "keys.json").read_text())["histograms.png"] != "0" * 64
+
+
 def test_the_pr_legend_of_twenty_classes_covers_neither_the_curves_nor_the_title(tmp_path, monkeypatch):
     """VOC's 20 classes: the legend sits beside the axes, inside the picture, and every class
     has its own (colour, line style)."""

@@ -34,10 +34,9 @@ from wsis.metrics import InstanceAP, mean_ap
 from ..engine import Pipeline
 from ..job import Job
 from ..progress import Progress, say
+from .diagnosis import DIAGNOSE_DIR, LOSSES, RESULT_FILE
 from .irn_infer import read_irn_outputs
 
-DIAGNOSE_DIR = "diagnose"
-RESULT_FILE = "oracles.json"
 TABLE_FILE = "oracles.txt"
 # the inputs a row replaces; "relations" replaces IRNet's boundary and displacement by the
 # outputs of an IRNet trained on oracle relation labels, "instance_relations" by those of one
@@ -132,7 +131,6 @@ def gt_quality(instances: np.ndarray, scores: np.ndarray, gt_masks: np.ndarray) 
 
 
 TOUCH_PX = 2                 # ground-truth instances this close (in pixels) touch
-LOSSES = ("missed", "merged_touching", "merged_apart", "merged_other_class")
 
 
 def no_losses() -> dict[str, int]:
@@ -340,28 +338,3 @@ def draw_worst(pipeline: Pipeline, ids: list[str], quality: dict[str, float], ou
                           f"{image_id}: GT IoU {quality[image_id]:.2f}", out_dir / name)
         names.append(name)
     return names
-
-
-REPORT_KEYS = ("mAP50", "mAP70", "instances_per_image", "gt_instances_per_image", "under_segmented",
-               "over_segmented") + LOSSES
-
-
-def report_section(work_dir: Path, report_dir: Path) -> tuple[dict, list[tuple[str, str]]]:
-    """What the HTML report shows of ``wsis diagnose`` when it has run: the table as metrics
-    ({"diagnose": {row: {figure: value}}}) and the worst images' figures as plots (paths
-    relative to ``report_dir``); ({}, []) otherwise."""
-    from wsis.io import read_json_or_none
-    result = read_json_or_none(work_dir / DIAGNOSE_DIR / RESULT_FILE)
-    if not isinstance(result, dict) or not isinstance(result.get("rows"), dict):
-        return {}, []
-    order = result.get("order") or list(result["rows"])      # write_json sorts the keys
-    metrics = {"diagnose": {row: {k: v for k, v in result["rows"][row].items() if k in REPORT_KEYS}
-                            for row in order if row in result["rows"]}}
-    plots = []
-    for rank, worst in enumerate(result.get("worst_images", []), start=1):
-        path = work_dir / DIAGNOSE_DIR / worst["figure"]
-        if path.is_file():
-            plots.append((os.path.relpath(path, report_dir),
-                          f"Oracle ablation, worst image #{rank} of the baseline: {worst['id']} "
-                          f"(GT IoU {worst['gt_iou']:.2f}): boundary, displacement, clusters"))
-    return metrics, plots

@@ -4,9 +4,9 @@
 row per image, least confident first), ``plots/*.png``, ``gallery/*`` (report_rows' pictures,
 hard-linked), ``cache/*`` (the pictures drawn here: pseudo-instances with their confidences,
 reviewed masks, "review these first"; each named by a hash of what it shows, so that only
-those whose content changed are drawn again), ``queue.json`` (the review queue, read by
-``wsis review export``) and ``metrics.json`` (how well the queue order tracks ground truth,
-when there is ground truth).
+those whose content changed are drawn again; the plots likewise, by ``plots/keys.json``),
+``queue.json`` (the review queue, read by ``wsis review export``) and ``metrics.json`` (how
+well the queue order tracks ground truth, when there is ground truth).
 
 The per-image work runs before, on Dask: report_rows (signals and pictures from the
 pseudo-labels, the masks of the instances the COCO export holds) and seg_infer (the model's
@@ -17,20 +17,22 @@ is ordered, its gallery row and the pictures whose content changed. It runs no m
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
 from wsis.errors import WsisError
-from wsis.io import read_json, write_json
-from wsis.report import plots
+from wsis.io import file_sha256, read_json, read_json_or_none, write_json
+from wsis.report import gallery, plots
 from wsis.report.html import headline, write_report
 from wsis.review.formats import read_store
 from wsis.review.queue import QUEUE_FILE, build_queue, mark_reviewed, order_figures, ordered, stored_predictions
 
 from ..cache import MANIFEST
 from ..engine import Pipeline
-from ..job import METRICS, Job
-from ..trainer import LOSS_HISTORY_FILE
+from ..job import LOSS_HISTORY_FILE, METRICS, Job
+from .diagnosis import report_section
 from .export import EXPORT_FILE, instance_dir
 from .merge_review import REVIEW_STORE
 from .report_gallery import confidences, gallery_rows, prune_pictures
@@ -91,12 +93,13 @@ def with_rows(job: Job) -> Job:
 
 
 def _finished_job(pipeline: Pipeline) -> Job:
-    from wsis.device import resolve_device
     stage = pipeline.stages["report"]
     done = {s.name: pipeline.out_dir(s) for s in pipeline.stages.values()
             if s.name != "report" and pipeline.consistent_on_disk(s) and not (pipeline.manifest(s) or {}).get("skipped")}
+    # on the CPU: the report runs no model (seg_infer's predictions give the model agreement),
+    # and resolving --device auto would import PyTorch for nothing
     return Job("report", pipeline.cfg, pipeline.dataset, pipeline.stage_ids(stage), pipeline.out_dir(stage),
-               done, resolve_device(pipeline.device))
+               done, "cpu")
 
 
 def current_queue(pipeline: Pipeline) -> dict:
@@ -124,31 +127,60 @@ def report_from_finished(pipeline: Pipeline) -> Path:
     return out / "index.html"
 
 
+PLOT_KEYS = "keys.json"     # in plots/: {plot file: hash of the data it shows}
+
+
 def _make_plots(job: Job, queue: dict, metrics: dict) -> list[tuple[str, str]]:
+    """The report's plots in ``plots/``: [(path relative to the report, caption)]. Each is
+    drawn by a ``wsis.report.plots`` function from plain data, and kept when an earlier report
+    drew it from equal data (``plots/keys.json`` holds a hash of each one's data) and its file
+    decodes whole: a refresh after a review import leaves every plot's data as it was, so it
+    draws none and imports neither matplotlib nor pycocotools (about a second on 2 cores, a
+    third of such a refresh)."""
     inputs, out = job.inputs, job.out_dir / "plots"
     split = job.cfg["data"]["infer_split"]
+    before = read_json_or_none(out / PLOT_KEYS)
+    before = before if isinstance(before, dict) else {}
+    # a build stopped halfway leaves no keys: its plots are drawn again, not trusted
+    (out / PLOT_KEYS).unlink(missing_ok=True)
+    keys: dict[str, str] = {}
     made: list[tuple[Path | None, str]] = []
+
+    def plot(name: str, caption: str, data, draw) -> None:
+        """``draw(path)`` (the path written, or None when there is nothing to draw) unless the
+        plot of equal ``data`` (JSON-able: all the plot shows) is there already."""
+        path = out / name
+        keys[name] = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        kept = before.get(name) == keys[name] and gallery.intact_picture(path, None)
+        made.append((path if kept else draw(path), caption))
+
     ins = metrics.get("eval_ins_seg", {}).get(split, {})
     ap50 = ins.get("ap50_per_class", {})
-    made.append((plots.ap_bars({n: ap50[n] for n in job.dataset.class_names if n in ap50}, out / "ap50_per_class.png",
-                               f"pseudo-labels [{split}]: AP per class at IoU 0.5"), "Per-class AP at IoU 0.5"))
-    if "export" in inputs and (inputs.get("eval_ins_seg", out) / "ground_truth_coco.json").is_file():
-        curves = plots.coco_pr_curves(inputs["eval_ins_seg"] / "ground_truth_coco.json",
-                                      read_json(inputs["export"] / EXPORT_FILE)["annotations"])
-        made.append((plots.pr_curves(curves, out / "pr_curves.png", f"pseudo-labels [{split}]: PR at IoU 0.5"),
-                     "Precision-recall curves at IoU 0.5"))
+    ap50 = {n: ap50[n] for n in job.dataset.class_names if n in ap50}
+    title = f"pseudo-labels [{split}]: AP per class at IoU 0.5"
+    plot("ap50_per_class.png", "Per-class AP at IoU 0.5", [ap50, title], lambda p: plots.ap_bars(ap50, p, title))
+    gt_file = inputs.get("eval_ins_seg", job.out_dir) / "ground_truth_coco.json"
+    if "export" in inputs and gt_file.is_file():
+        detections = read_json(inputs["export"] / EXPORT_FILE)["annotations"]
+        title = f"pseudo-labels [{split}]: PR at IoU 0.5"
+        plot("pr_curves.png", "Precision-recall curves at IoU 0.5", [file_sha256(gt_file), detections, title],
+             lambda p: plots.pr_curves(plots.coco_pr_curves(gt_file, detections), p, title))
     sweeps = {s: m["sweep"] for s, m in metrics.get("eval_cam", {}).items() if isinstance(m, dict) and "sweep" in m}
-    made.append((plots.cam_sweep(sweeps, job.cfg["eval_cam"]["bg_threshold"], out / "cam_sweep.png"),
-                 "CAM mIoU against the background threshold"))
+    chosen = job.cfg["eval_cam"]["bg_threshold"]
+    plot("cam_sweep.png", "CAM mIoU against the background threshold", [sweeps, chosen],
+         lambda p: plots.cam_sweep(sweeps, chosen, p))
     histories = {s: read_json(inputs[s] / LOSS_HISTORY_FILE) for s in TRAINING_STAGES
                  if s in inputs and (inputs[s] / LOSS_HISTORY_FILE).is_file()}
-    made.append((plots.loss_curves(histories, out / "loss.png"), "Training loss per epoch"))
-    made.append((plots.histograms([len(e["instances"]) for e in queue["images"]],
-                                  [i["score"] for e in queue["images"] for i in e["instances"]],
-                                  out / "histograms.png"), "Instances per image and instance scores"))
+    plot("loss.png", "Training loss per epoch", histories, lambda p: plots.loss_curves(histories, p))
+    counts = [len(e["instances"]) for e in queue["images"]]
+    scores = [i["score"] for e in queue["images"] for i in e["instances"]]
+    plot("histograms.png", "Instances per image and instance scores", [counts, scores],
+         lambda p: plots.histograms(counts, scores, p))
     if all("gt_quality" in e for e in queue["images"]):
-        made.append((plots.iou_vs_rank([e["gt_quality"] for e in queue["images"]], out / "iou_vs_rank.png"),
-                     "Review order: ground-truth IoU against rank"))
+        quality = [e["gt_quality"] for e in queue["images"]]
+        plot("iou_vs_rank.png", "Review order: ground-truth IoU against rank", quality,
+             lambda p: plots.iou_vs_rank(quality, p))
+    write_json(out / PLOT_KEYS, keys)
     return [(str(p.relative_to(job.out_dir)), caption) for p, caption in made if p is not None]
 
 
@@ -169,8 +201,7 @@ def run(job: Job) -> None:
               f"{figures['first_mean_iou']:.3f}, of the most confident 10 % {figures['last_mean_iou']:.3f}",
               flush=True)
     plot_files = _make_plots(job, queue, metrics)
-    from .diagnose import report_section      # wsis diagnose's table and worst images, if it ran
-    diagnosis, diagnosis_plots = report_section(job.out_dir.parent, job.out_dir)
+    diagnosis, diagnosis_plots = report_section(job.out_dir.parent, job.out_dir)   # wsis diagnose's, if it ran
     metrics.update(diagnosis)
     plot_files += diagnosis_plots
     # "review these first": the least confident images (the queue's order) a reviewer has not done yet

@@ -115,12 +115,12 @@ def overlay_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def intact_picture(path: Path, size: tuple[int, int]) -> bool:
-    """Whether ``path`` decodes whole as an image of ``size`` (width, height): a picture kept
-    from an earlier report is trusted only then."""
+def intact_picture(path: Path, size: tuple[int, int] | None) -> bool:
+    """Whether ``path`` decodes whole as an image of ``size`` (width, height; None: any): a
+    picture kept from an earlier report is trusted only then."""
     try:
         with open_image(path) as img:   # as every image wsis reads: a declared decompression bomb is refused
-            if img.size != tuple(size):
+            if size is not None and img.size != tuple(size):
                 return False
             img.load()      # a truncated file fails here, not at the header
     except (OSError, SyntaxError, ValueError, DataError):   # FileNotFoundError and PIL's errors included

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage.measure import approximate_polygon, find_contours
 
 from ..geometry import check_polygon, shoelace  # noqa: F401  (also this module's API)
 
@@ -20,6 +19,10 @@ from ..geometry import check_polygon, shoelace  # noqa: F401  (also this module'
 def _ring(region: np.ndarray, tolerance: float) -> np.ndarray:
     """The boundary of a hole-free, 8-connected region as (n, 2) (x, y) vertices,
     counter-clockwise on screen (positive shoelace area with y down)."""
+    # imported here: skimage.measure takes about a second to import (scipy.signal, scipy.stats),
+    # and every reader of the review store (wsis report, merge_review) imports this module
+    # through wsis.review.formats without drawing a polygon
+    from skimage.measure import approximate_polygon, find_contours
     padded = np.pad(region.astype(np.float32), 1)
     contours = find_contours(padded, 0.5, fully_connected="high")
     ring = max(contours, key=len)              # one region: one outer contour
