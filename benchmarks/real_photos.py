@@ -10,6 +10,9 @@ Prints one table:
   - the same instance scores for (a) CAM only: the 4-connected components of each class's
     region in the CAM label map (at the preset's threshold), scored by the CAM's mean over each;
     (b) the paper's IRN settings, run on a copy of the work dir, when the preset differs;
+    (c) ground-truth CAMs with this run's IRNet outputs (boundary map, displacement field):
+    ``wsis diagnose --oracles cam --figures 0`` on the work dir (its "cam" row; it replaces an
+    earlier diagnosis in ``<work>/diagnose``), what IRNet contributes when the CAMs are ideal;
   - seconds per photo for each stage and all together, and peak RSS.
 With ``--json FILE`` the figures are also written under fixed keys (percentages, 0-100).
 
@@ -59,6 +62,24 @@ def run_stage(stage: str, common: list[str], *extra: str) -> dict:
     up_to_date = re.search(rf"^{stage}: up to date", proc.stderr, re.M)
     return {"seconds": float(done.group(1)) if done else (0.0 if up_to_date else wall),
             "cached": bool(up_to_date and not done),
+            "peak_rss_mb": json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]}
+
+
+def cam_oracle(common: list[str], work: Path) -> dict:
+    """(c): ``wsis diagnose --oracles cam --figures 0`` on the run's work dir, in its own
+    process. Its "cam" row re-synthesises the instances with ground-truth CAMs and the cached
+    irn_infer outputs; its baseline row, with the cached CAMs, is the run's pseudo-labels again."""
+    from pipelines.stages.diagnosis import DIAGNOSE_DIR, RESULT_FILE
+    result = work / DIAGNOSE_DIR / RESULT_FILE
+    result.unlink(missing_ok=True)          # an earlier diagnosis of this work dir is not this one
+    cmd = [sys.executable, __file__, "--child", "diagnose", "--oracles", "cam", "--figures", "0", *common]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not result.is_file():
+        sys.exit(f"wsis diagnose failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    rows = json.loads(result.read_text())["rows"]
+    return {"map50": 100 * rows["cam"]["mAP50"], "map70": 100 * rows["cam"]["mAP70"],
+            "baseline_map50": 100 * rows["baseline"]["mAP50"], "seconds": time.monotonic() - t0,
             "peak_rss_mb": json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]}
 
 
@@ -153,6 +174,9 @@ def main() -> None:
     ins = instance_figures(work, split)
     per_image, gt_per_image = instance_counts(cfg, dataset, work)
     cam_only = score_cam_only(cfg, dataset, work)
+    oracle = cam_oracle(common, work)
+    print(f"  {'diagnose cam':<13} {oracle['seconds']:8.1f} s  {oracle['seconds'] / photos:6.3f} s/photo  "
+          f"{oracle['peak_rss_mb']:6.0f} MB  (ground-truth CAMs, not a pseudo-label stage)", flush=True)
 
     paper = None
     differs = {k: v for k, v in PAPER_IRN.items() if cfg[k.split(".")[0]][k.split(".")[1]] != v}
@@ -176,6 +200,7 @@ def main() -> None:
         **{k: v for k, v in ins.items() if k != "ap50_per_class"},
         "instances_per_image": per_image, "gt_instances_per_image": gt_per_image,
         "cam_only_map50": cam_only["map50"], "cam_only": cam_only,
+        "cam_oracle_map50": oracle["map50"], "cam_oracle": oracle,
         "paper_irn": None if paper is None else {k: v for k, v in paper.items() if k != "ap50_per_class"},
         "paper_irn_overrides": differs,
         "seconds_per_photo": seconds / photos,
@@ -198,6 +223,7 @@ def main() -> None:
         rows += [(f"(b) paper IRN settings {k}", paper[k]) for k in ("map25", "map50", "map70", "map75", "coco_ap")]
     else:
         rows += [("(b) paper IRN settings", "= preset")]
+    rows += [(f"(c) GT CAMs + this run's IRNet {k}", oracle[k]) for k in ("map50", "map70")]
     rows += [("seconds per photo, all pseudo-label stages", figures["seconds_per_photo"]),
              ("peak RSS (MB)", figures["peak_rss_mb"]),
              ("benchmark minutes", figures["benchmark_minutes"])]
