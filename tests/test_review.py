@@ -171,6 +171,30 @@ def test_coco_export_is_exact_rle(tiny_data, tiny_run, queue, tmp_path):
         assert any(np.array_equal(m, t) for t, _ in ins_masks(tiny_run, im["wsis_id"]).values())
 
 
+def test_random_order_export_is_a_seeded_draw_of_the_queue(tiny_data, tiny_run, queue, tmp_path):
+    """--order random: the same seed draws the same images, another seed others, every one from
+    the queue, each with the instances the queue order exports for it."""
+    def export(*extra):
+        out = tmp_path / f"r{len(list(tmp_path.iterdir()))}.json"
+        wsis("review", "export", "--format", "coco", "--out", out, *extra, *tiny_args(tiny_data, tiny_run))
+        doc = json.loads(out.read_text())
+        per_image = {im["id"]: im["wsis_id"] for im in doc["images"]}
+        anns = {}
+        for a in doc["annotations"]:
+            anns.setdefault(per_image[a["image_id"]], []).append((a["category_id"], a["segmentation"]["counts"]))
+        return [im["wsis_id"] for im in doc["images"]], anns
+
+    in_queue, queue_anns = export()
+    assert in_queue == [e["id"] for e in queue["images"]]
+    first, first_anns = export("--order", "random", "--seed", "3")
+    assert sorted(first) == sorted(in_queue) and first != in_queue     # all of them, not in queue order
+    assert export("--order", "random", "--seed", "3")[0] == first
+    assert export("--order", "random", "--seed", "4")[0] != first
+    assert {i: sorted(a) for i, a in first_anns.items()} == {i: sorted(a) for i, a in queue_anns.items()}
+    top, _ = export("--order", "random", "--seed", "3", "--top", "4")
+    assert top == first[:4]
+
+
 # --------------------------------------------------------------------------- import errors
 @pytest.fixture
 def run_copy(tiny_run, tmp_path):

@@ -383,6 +383,11 @@ def review():
 @click.option("--format", "fmt", type=click.Choice(["cvat", "labelstudio", "coco"]), required=True,
               help="cvat: COCO 1.0 zip with images; labelstudio: tasks JSON + labelling config; coco: plain JSON.")
 @click.option("--top", type=int, default=None, help="Only the N least confident images [default: all].")
+@click.option("--order", type=click.Choice(["queue", "random"]), default="queue", show_default=True,
+              help="queue: least confident first, to fix what is wrong; random: a seeded draw of the images not "
+                   "reviewed, to teach the pipeline (on real photos 26 random photos taught the others more than "
+                   "the 26 least confident: docs/results.md).")
+@click.option("--seed", type=int, default=0, show_default=True, help="--order random: the draw's seed.")
 @click.option("--include-reviewed", is_flag=True,
               help="Also export images already reviewed (wsis review import), with their reviewed masks "
                    "[default: left out].")
@@ -394,9 +399,9 @@ def review():
                    "with the folder above the image folder as document root and the image folder as storage].")
 @common_options
 @user_errors
-def review_export(fmt, top, include_reviewed, out, image_url_prefix, **common):
-    """Write the review queue (least confident first) for CVAT, Label Studio or as COCO;
-    images already reviewed are left out unless --include-reviewed."""
+def review_export(fmt, top, order, seed, include_reviewed, out, image_url_prefix, **common):
+    """Write the review queue (least confident first, or --order random) for CVAT, Label Studio
+    or as COCO; images already reviewed are left out unless --include-reviewed."""
     from pipelines.stages.merge_review import REVIEW_STORE
     from pipelines.stages.report import current_queue
     from .review.formats import export_review, local_files_setup, read_store, review_items
@@ -412,6 +417,11 @@ def review_export(fmt, top, include_reviewed, out, image_url_prefix, **common):
     if not include_reviewed:
         left_out = sum(e["reviewed"] for e in queue["images"])
         queue = dict(queue, images=[e for e in queue["images"] if not e["reviewed"]])
+    if order == "random":
+        # over the images in queue order, so a seed draws the same photos whatever else changed
+        import numpy as np
+        draw = np.random.default_rng(seed).permutation(len(queue["images"]))
+        queue = dict(queue, images=[queue["images"][i] for i in draw])
     from pipelines.dag import pseudo_masks
     items = review_items(queue, pipeline.dataset, pipeline.out_dir(pipeline.stages[pseudo_masks(pipeline.cfg)]), top,
                          reviewed)
@@ -423,7 +433,8 @@ def review_export(fmt, top, include_reviewed, out, image_url_prefix, **common):
     paths = export_review(items, pipeline.dataset.class_names, fmt, out, image_url_prefix or "")
     n = sum(len(i["instances"]) for i in items)
     again = sum(i["reviewed"] for i in items)
-    click.echo((f"review queue: {len(items)} images, {n} instances, least confident first "
+    ordered = "least confident first" if order == "queue" else f"in random order (seed {seed})"
+    click.echo((f"review queue: {len(items)} images, {n} instances, {ordered} "
                 f"(confidence {items[0]['confidence']:.3f} .. {items[-1]['confidence']:.3f})" if items
                 else "review queue: no images")
                + (f"; {left_out} reviewed images left out (--include-reviewed exports them)" if left_out else "")
