@@ -418,10 +418,11 @@ def review_export(fmt, top, order, seed, include_reviewed, out, image_url_prefix
         left_out = sum(e["reviewed"] for e in queue["images"])
         queue = dict(queue, images=[e for e in queue["images"] if not e["reviewed"]])
     if order == "random":
-        # over the images in queue order, so a seed draws the same photos whatever else changed
+        # over the images in id order, not the queue's: a retrained pipeline reorders the queue,
+        # and a seed must still draw the same photos from the same unreviewed ones
         import numpy as np
-        draw = np.random.default_rng(seed).permutation(len(queue["images"]))
-        queue = dict(queue, images=[queue["images"][i] for i in draw])
+        by_id = sorted(queue["images"], key=lambda e: e["id"])
+        queue = dict(queue, images=[by_id[i] for i in np.random.default_rng(seed).permutation(len(by_id))])
     from pipelines.dag import pseudo_masks
     items = review_items(queue, pipeline.dataset, pipeline.out_dir(pipeline.stages[pseudo_masks(pipeline.cfg)]), top,
                          reviewed)
