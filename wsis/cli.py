@@ -387,7 +387,8 @@ def review():
               help="queue: least confident first, to fix what is wrong; random: a seeded draw of the images not "
                    "reviewed, to teach the pipeline (on real photos 26 random photos taught the others more than "
                    "the 26 least confident: docs/results.md).")
-@click.option("--seed", type=int, default=0, show_default=True, help="--order random: the draw's seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="--order random: the draw's seed.")
 @click.option("--include-reviewed", is_flag=True,
               help="Also export images already reviewed (wsis review import), with their reviewed masks "
                    "[default: left out].")
