@@ -1,6 +1,11 @@
 """Mixed precision (run.amp): every model trains a few steps under bf16 autocast on the CPU
 with finite losses; fp16 adds a GradScaler whose state is checkpointed; bad values are refused."""
 
+import os
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -101,10 +106,18 @@ def test_auto_precision_is_bf16_exactly_where_the_device_has_it_in_hardware(monk
 
 
 def test_native_bf16_follows_the_cpu_flags(monkeypatch):
-    """x86: AVX512-BF16 or AMX; a PyTorch without the probes says no rather than fail."""
+    """x86: AVX512-BF16 or AMX, read from the kernel's CPU flags without PyTorch; where those
+    cannot be read, from PyTorch's probes; a PyTorch without the probes says no rather than fail."""
     import platform
+
+    import wsis.device
     from wsis.device import native_bf16
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    for flags, expected in (({"fpu", "avx512f", "avx512_bf16"}, True), ({"fpu", "amx_tile", "amx_bf16"}, True),
+                            ({"fpu", "avx2", "avx512f"}, False)):
+        monkeypatch.setattr(wsis.device, "cpu_flags", lambda f=flags: frozenset(f))
+        assert native_bf16("cpu") is expected
+    monkeypatch.setattr(wsis.device, "cpu_flags", lambda: None)
     for avx512_bf16, amx, expected in ((True, False, True), (False, True, True), (False, False, False)):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
@@ -113,3 +126,41 @@ def test_native_bf16_follows_the_cpu_flags(monkeypatch):
     assert native_bf16("cpu") is False
     if not torch.cuda.is_available():
         assert native_bf16("cuda") is False
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64") or not os.path.isfile("/proc/cpuinfo"),
+                    reason="the kernel's CPU flags: x86 Linux")
+def test_the_kernel_flags_and_pytorchs_probes_agree_on_this_cpu():
+    """The cache key (resolved without PyTorch) and the training (in a process that has it)
+    must pick the same precision: on this machine both readings give one answer."""
+    from wsis.device import X86_BF16_FLAGS, cpu_flags
+    flags = cpu_flags()
+    assert flags and "sse2" in flags                     # the parse found the real flags line
+    assert bool(flags & X86_BF16_FLAGS) == bool(torch.cpu._is_avx512_bf16_supported()
+                                                or torch.cpu._is_amx_tile_supported())
+
+
+def test_auto_device_and_precision_resolve_without_pytorch_when_no_gpu_is_present(monkeypatch):
+    """No GPU device node: "auto" is the CPU, decided without importing PyTorch (a fresh
+    process; the report refresh and an up-to-date run need no model); a node present: PyTorch
+    is asked."""
+    import wsis.device
+    from wsis.device import GPU_DEVICE_PATHS, no_gpu_present
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(os.path, "exists", lambda p: False)
+    assert no_gpu_present()
+    for present in GPU_DEVICE_PATHS:
+        monkeypatch.setattr(os.path, "exists", lambda p, present=present: p == present)
+        assert not no_gpu_present()
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(os.path, "exists", lambda p: False)
+    assert not no_gpu_present()                          # not Linux: no device nodes to read
+    monkeypatch.undo()
+    if not no_gpu_present():
+        pytest.skip("this machine has a GPU device node: PyTorch is asked")
+    code = ("import sys\nfrom wsis.device import resolve_device, native_bf16\n"
+            "print(resolve_device('auto'), native_bf16('cpu') in (True, False), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "cpu" and out[1] == "True"
+    assert out[2] == ("True" if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686")
+                      or wsis.device.cpu_flags() is None else "False")
