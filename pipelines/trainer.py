@@ -12,6 +12,7 @@ import torch
 
 from wsis.errors import ConfigError, WsisError
 from wsis.io import read_json_or_none, write_json
+from wsis.threads import FairThreads
 from wsis.checkpoint import UnreadableCheckpoint, load_checkpoint, poly_lr, save_checkpoint
 
 from . import distributed
@@ -192,6 +193,8 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
     history = read_json_or_none(history_path)
     history = history[:start_epoch] if isinstance(history, list) else []
     sums: dict[str, float] = {}
+    # the CPU threads follow what other programs leave free (wsis.threads.FairThreads)
+    fair = FairThreads(world) if job.device == "cpu" else None
     model.train()
     t0 = time.monotonic()
     for n, data in enumerate(batch_loader(make_sample, collate, batches, workers, job.device)):
@@ -222,6 +225,8 @@ def run_training(job: Job, model: torch.nn.Module, optimizer: torch.optim.Optimi
                             f"({kept}); lower the learning rate, or check the data")
         for key, value in {"loss": loss, **logs}.items():   # logs: this rank's share
             sums[key] = sums.get(key, 0.0) + float(value.detach() if hasattr(value, "detach") else value)
+        if fair and fair.update() and rank == 0:
+            print(f"{job.stage}: {fair.describe()}", flush=True)
         rate = batch / max(time.monotonic() - t0, 1e-9)
         t0 = time.monotonic()
         if progress:

@@ -30,7 +30,7 @@ def settings(role: str) -> dict:
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else None
     driver = psutil.Process(os.getppid() if role in ("rank", "worker") else os.getpid())
     spawned = [p.pid for p in driver.children() if "spawn_main" in " ".join(p.cmdline())]
-    return {"role": role, "pid": os.getpid(), "rank": rank, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+    return {"role": role, "pid": os.getpid(), "rank": rank, "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
             "torch_threads": torch.get_num_threads(), "spawned": spawned}
 
 
