@@ -327,7 +327,8 @@ def run_benchmark(args) -> dict:
         figures["settings"] = {
             "mode": mode, "src": str(code), "commit": commit_of(code), "cpus": os.cpu_count(),
             "epochs": EPOCHS[mode], "window_s": WINDOW_S[mode], "config": str(config) if mode == "quick" else FULL_CONFIG,
-            "environment": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+            "environment": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
+                                                             "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                              "OPENBLAS_NUM_THREADS")},
             "competitor": f"{COMPETITOR_THREADS} threads of 256x256 float64 matrix products, one BLAS thread each"}
         return figures
