@@ -120,3 +120,14 @@ def test_large_rotated_and_16_bit_images_through_the_pipeline(tiny_data, tmp_pat
     by_id = {im["id"]: (im["height"], im["width"]) for im in export["images"]}
     for ann in export["annotations"]:
         assert mask_utils.decode(ann["segmentation"]).shape == by_id[ann["image_id"]]
+
+    # the review queue pairs the photo-size instances with the processing-size CAMs: exporting
+    # it for review works on every photo, each at its own size
+    out = tmp_path / "review.json"
+    wsis("review", "export", "--format", "coco", "--out", out, *args)
+    review = json.loads(out.read_text())
+    sizes = {im["wsis_id"]: (im["height"], im["width"]) for im in review["images"]}
+    assert sizes == displayed
+    by_id = {im["id"]: (im["height"], im["width"]) for im in review["images"]}
+    for ann in review["annotations"]:
+        assert mask_utils.decode(ann["segmentation"]).shape == by_id[ann["image_id"]]

@@ -83,7 +83,11 @@ def pseudo_signals(dataset, image_id: str, ins_dir: Path, export_cfg: dict, sem_
         # imported here: it brings PyTorch, which the report's Dask tasks (this module's other users) need not load
         from wsis.algorithms.labels import scores_to_label
         c = read_npz(Path(cam_dir) / f"{image_id}.npz")
+        from wsis.algorithms.sam_prompts import resample_nearest
         cam_labels = scores_to_label(c["high_res"].astype(np.float32), c["classes"].tolist(), cam_bg_threshold)
+        size = z["instances"].shape
+        if cam_labels.shape != size:   # CAMs are at the processing size (data.max_side), instances at the photo's
+            cam_labels = resample_nearest(cam_labels, size)
         signals["cam"], image_signals["cam"] = conf.label_agreement(masks, classes, cam_labels)
     entry = {"id": image_id, "signals": {k: float(v) for k, v in image_signals.items()},
              "instances": [{"index": int(numbers[k]), "class": int(classes[k]), "score": float(scores[k]),
