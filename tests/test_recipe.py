@@ -51,29 +51,55 @@ def test_changing_the_irn_split_reruns_relation_labels_and_irnet_only(tmp_path):
 
 
 def test_mean_displacement_uses_top_left_crops_of_the_given_images(tmp_path):
+    """Hand-computed with a stub whose displacement is (mean, max) of each padded crop; the
+    same for any batch size; and for a real IRNet, the batched means equal one image at a time
+    through its own forward pass (as inference pads it)."""
     import numpy as np
     import torch
 
     from pipelines.job import Job
     from pipelines.stages.train_irn import mean_displacement
+    from wsis.models.backbone import ResNetStages
+    from wsis.models.irn import IRNet
 
     images = {"t1": np.full((40, 30, 3), 10, np.uint8), "t2": np.zeros((20, 50, 3), np.uint8),
-              "other": np.full((8, 8, 3), 200, np.uint8)}
+              "t3": np.full((12, 12, 3), 4, np.uint8), "other": np.full((8, 8, 3), 200, np.uint8)}
     images["t2"][:, 32:] = 255          # outside the 32 x 32 top-left crop
 
     class Stub(torch.nn.Module):
-        """Displacement (y, x) = (mean of the input it was given, its width)."""
-        def forward(self, x, pad_to=None, crop_output=True):
-            assert pad_to == 32 and not crop_output
-            d = torch.stack([x.mean().expand(8, 8), torch.full((8, 8), float(x.shape[-1]))])
-            return None, d[None]
+        """Displacement (y, x) = (mean, max) of the padded crop it was given."""
+        def canvas(self, x, pad_to=None):
+            assert pad_to == 32
+            return torch.nn.functional.pad(x, (0, 32 - x.shape[-1], 0, 32 - x.shape[-2]))
+
+        def canvas_features(self, x):
+            return [x]
+
+        def displacement(self, feats):
+            x = feats[0]
+            assert x.shape[-2:] == (32, 32)
+            stats = torch.stack([x.mean(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3))], dim=1)   # (B, 2)
+            return stats[:, :, None, None].expand(-1, -1, 8, 8)
 
     class DS(Dataset):
         def load_image(self, image_id):
             return images[image_id]
 
     ds = DS("toy", tmp_path, ("a",), {"all": tuple(images)}, {i: (0,) for i in images})
-    cfg = {"train_irn": {"crop_size": 32}}
-    job = Job("train_irn", cfg, ds, tuple(images), tmp_path, {})
-    mean = mean_displacement(Stub(), job, ["t1", "t2"])
-    np.testing.assert_allclose(mean.numpy(), [(10 + 0) / 2, (30 + 32) / 2], rtol=1e-6)
+    ids = ["t1", "t2", "t3"]
+    expected = [(10 * 32 * 30 / 32 ** 2 + 0 + 4 * 12 * 12 / 32 ** 2) / 3, (10 + 0 + 4) / 3]
+    for batch in (1, 2, 16):
+        job = Job("train_irn", {"train_irn": {"crop_size": 32, "batch_size": batch}}, ds, tuple(images), tmp_path, {})
+        np.testing.assert_allclose(mean_displacement(Stub(), job, ids).numpy(), expected, rtol=1e-6)
+
+    torch.manual_seed(0)
+    model = IRNet(ResNetStages(18, freeze_bn=True), crop_size=32).eval()
+    rng = np.random.default_rng(0)
+    images.update({k: rng.integers(0, 256, size, dtype=np.uint8)
+                   for k, size in (("r1", (40, 30, 3)), ("r2", (20, 50, 3)), ("r3", (32, 32, 3)))})
+    ids = ["r1", "r2", "r3"]
+    job = Job("train_irn", {"train_irn": {"crop_size": 32, "batch_size": 2}}, ds, tuple(images), tmp_path, {})
+    with torch.no_grad():
+        one_by_one = torch.stack([model(torch.from_numpy(np.ascontiguousarray(images[i][:32, :32])).permute(2, 0, 1)[None]
+                                        .float(), pad_to=32, crop_output=False)[1][0].mean(dim=(1, 2)) for i in ids])
+    np.testing.assert_allclose(mean_displacement(model, job, ids).numpy(), one_by_one.mean(0).numpy(), rtol=1e-4, atol=1e-6)

@@ -114,20 +114,25 @@ def mean_displacement(model: IRNet, job: Job, ids) -> torch.Tensor:
     """Mean of D over the top-left ``crop_size`` crop of each image of ``ids``, zero-padded to
     the crop as in training; subtracted at inference to centre the field (the reference
     code's "mean shift", measured on train with top-left crops). The crop bounds the cost of
-    large photos."""
+    large photos. Every padded crop has the same size, so they go through the backbone and the
+    displacement branch ``train_irn.batch_size`` at a time (the boundary branch is not needed)."""
     model.eval()
-    crop = job.cfg["train_irn"]["crop_size"]
+    crop, batch = job.cfg["train_irn"]["crop_size"], job.cfg["train_irn"]["batch_size"]
     world, rank = distributed.world_size(), distributed.rank()
     total = torch.zeros(2, dtype=torch.float64, device=job.device)
     mine = list(ids)[rank::world]          # data-parallel ranks share the images
     progress = job.progress(len(mine)) if rank == 0 else None
-    for image_id in mine:
-        image = job.dataset.load_image(image_id)[:crop, :crop]
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().to(job.device)
-        _, disp = model(x, pad_to=crop, crop_output=False)
-        total += disp[0].mean(dim=(1, 2)).double()
+    for start in range(0, len(mine), batch):
+        chunk = mine[start:start + batch]
+        canvases = []
+        for image_id in chunk:
+            image = job.dataset.load_image(image_id)[:crop, :crop]
+            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().to(job.device)
+            canvases.append(model.canvas(x, pad_to=crop))
+        disp = model.displacement(model.canvas_features(torch.cat(canvases)))
+        total += disp.mean(dim=(2, 3)).sum(0).double()
         if progress:
-            progress.update(1, "mean displacement")
+            progress.update(len(chunk), "mean displacement")
     if world > 1:
         torch.distributed.all_reduce(total)
     return (total / max(len(ids), 1)).float()

@@ -79,10 +79,18 @@ class IRNet(nn.Module):
     def features(self, images: torch.Tensor, pad_to: int | None = None) -> list[torch.Tensor]:
         """The frozen backbone's five feature maps of ``images`` (normalised, then padded as
         ``forward`` says)."""
+        return self.canvas_features(self.canvas(images, pad_to))
+
+    def canvas(self, images: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
+        """``images`` normalised, then zero-padded (bottom and right) to at least pad_to x pad_to:
+        the backbone's input. Images of different sizes padded to one size stack into a batch."""
         x = self.backbone.normalize(images)
         h, w = x.shape[-2:]
         if pad_to:
             x = F.pad(x, (0, max(0, pad_to - w), 0, max(0, pad_to - h)))
+        return x
+
+    def canvas_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
             return [f.detach() for f in self.backbone(x)]
 
