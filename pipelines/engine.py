@@ -226,8 +226,7 @@ class Pipeline:
 
     def resolved_amp(self) -> str:
         """What ``run.amp = "auto"`` trains in on this machine's device ("bf16" or "off")."""
-        from wsis.device import resolve_device
-        from .trainer import resolve_amp
+        from wsis.device import resolve_amp, resolve_device
         return resolve_amp("auto", resolve_device(self.device))
 
     # ------------------------------------------------------------- the cache

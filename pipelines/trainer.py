@@ -12,6 +12,7 @@ import torch
 
 from wsis.errors import ConfigError, WsisError
 from wsis.io import read_json_or_none, write_json
+from wsis.device import resolve_amp
 from wsis.threads import FairThreads
 from wsis.checkpoint import UnreadableCheckpoint, load_checkpoint, poly_lr, save_checkpoint
 
@@ -57,17 +58,6 @@ def as_float32(tree):
     if isinstance(tree, (list, tuple)):
         return type(tree)(as_float32(v) for v in tree)
     return tree
-
-
-def resolve_amp(amp: str, device: str) -> str:
-    """``run.amp`` with "auto" resolved: "bf16" where ``device`` computes it natively
-    (``wsis.device.native_bf16``), else "off"."""
-    if amp not in ("off", "auto", *AMP_DTYPES):
-        raise ConfigError(f"run.amp: '{amp}' is not off, auto, bf16 or fp16")
-    if amp != "auto":
-        return amp
-    from wsis.device import native_bf16
-    return "bf16" if native_bf16(device) else "off"
 
 
 class Precision:

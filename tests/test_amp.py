@@ -141,9 +141,9 @@ def test_the_kernel_flags_and_pytorchs_probes_agree_on_this_cpu():
 
 
 def test_auto_device_and_precision_resolve_without_pytorch_when_no_gpu_is_present(monkeypatch):
-    """No GPU device node: "auto" is the CPU, decided without importing PyTorch (a fresh
-    process; the report refresh and an up-to-date run need no model); a node present: PyTorch
-    is asked."""
+    """No GPU device node: "auto" is the CPU, and run.amp = "auto" its precision, decided
+    without importing PyTorch (a fresh process that has imported the engine, as the report
+    refresh and an up-to-date run have: they need no model); a node present: PyTorch is asked."""
     import wsis.device
     from wsis.device import GPU_DEVICE_PATHS, no_gpu_present
     monkeypatch.setattr(platform, "system", lambda: "Linux")
@@ -158,8 +158,11 @@ def test_auto_device_and_precision_resolve_without_pytorch_when_no_gpu_is_presen
     monkeypatch.undo()
     if not no_gpu_present():
         pytest.skip("this machine has a GPU device node: PyTorch is asked")
-    code = ("import sys\nfrom wsis.device import resolve_device, native_bf16\n"
-            "print(resolve_device('auto'), native_bf16('cpu') in (True, False), 'torch' in sys.modules)")
+    code = ("import sys\nimport pipelines.engine\nfrom wsis.device import resolve_amp, resolve_device, native_bf16\n"
+            "from types import SimpleNamespace\n"
+            "engine_amp = pipelines.engine.Pipeline.resolved_amp(SimpleNamespace(device='auto'))\n"
+            "print(resolve_device('auto'), engine_amp == resolve_amp('auto', 'cpu') in ('bf16', 'off'), "
+            "'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "cpu" and out[1] == "True"
     assert out[2] == ("True" if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686")

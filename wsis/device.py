@@ -76,3 +76,18 @@ def native_bf16(device: str) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())   # Arm: the BF16 extension
     except (AttributeError, RuntimeError, TypeError):   # private probes that a PyTorch may lack
         return False
+
+
+AMP_SETTINGS = ("off", "auto", "bf16", "fp16")
+
+
+def resolve_amp(amp: str, device: str) -> str:
+    """``run.amp`` with "auto" resolved: "bf16" where ``device`` computes it natively
+    (``native_bf16``), else "off". Here, not beside the training loop, so that the cache keys
+    can resolve it without importing PyTorch."""
+    if amp not in AMP_SETTINGS:
+        from .errors import ConfigError
+        raise ConfigError(f"run.amp: '{amp}' is not off, auto, bf16 or fp16")
+    if amp != "auto":
+        return amp
+    return "bf16" if native_bf16(device) else "off"
