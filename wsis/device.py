@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import platform
 
-from .errors import WsisError
+from .errors import ConfigError, WsisError
 
 # Device nodes a GPU that PyTorch can drive as "cuda" leaves on Linux: NVIDIA's driver, AMD's
 # ROCm (HIP builds of PyTorch call it "cuda" too) and WSL2's GPU paravirtualisation.
@@ -86,7 +86,6 @@ def resolve_amp(amp: str, device: str) -> str:
     (``native_bf16``), else "off". Here, not beside the training loop, so that the cache keys
     can resolve it without importing PyTorch."""
     if amp not in AMP_SETTINGS:
-        from .errors import ConfigError
         raise ConfigError(f"run.amp: '{amp}' is not off, auto, bf16 or fp16")
     if amp != "auto":
         return amp

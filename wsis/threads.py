@@ -61,10 +61,7 @@ def _cgroup_cpu_quota() -> float | None:
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity mask (``taskset``, a batch scheduler's
     allocation), capped by a cgroup CPU quota; ``os.cpu_count()`` sees neither."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:          # macOS, Windows
-        n = os.cpu_count() or 1
+    n = len(_affinity())
     quota = _cgroup_cpu_quota()
     if quota:
         n = min(n, math.ceil(quota))
@@ -149,9 +146,9 @@ class FairThreads:
         self.interval_s = interval_s
         self.cpus = _affinity()
         quota = _cgroup_cpu_quota()
-        self.enabled = (user_threads() is None and self.most > 1
-                        and not (quota and math.ceil(quota) < len(self.cpus)))
-        self.mark = _cpu_times(self.cpus) if self.enabled else None
+        resizable = (user_threads() is None and self.most > 1
+                     and not (quota and math.ceil(quota) < len(self.cpus)))
+        self.mark = _cpu_times(self.cpus) if resizable else None
         self.enabled = self.mark is not None
         self.threads = self.most
         self.others = 0.0
@@ -196,6 +193,7 @@ def others_in_use(before: tuple, after: tuple) -> float:
 
 
 def _affinity() -> list[int]:
+    """The CPUs this process may run on (its affinity mask; every CPU where there is none)."""
     try:
         return sorted(os.sched_getaffinity(0))
     except AttributeError:           # macOS, Windows: every CPU

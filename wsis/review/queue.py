@@ -82,8 +82,8 @@ def pseudo_signals(dataset, image_id: str, ins_dir: Path, export_cfg: dict, sem_
     if cam_dir is not None:
         # imported here: it brings PyTorch, which the report's Dask tasks (this module's other users) need not load
         from wsis.algorithms.labels import scores_to_label
-        c = read_npz(Path(cam_dir) / f"{image_id}.npz")
         from wsis.algorithms.sam_prompts import resample_nearest
+        c = read_npz(Path(cam_dir) / f"{image_id}.npz")
         cam_labels = scores_to_label(c["high_res"].astype(np.float32), c["classes"].tolist(), cam_bg_threshold)
         size = z["instances"].shape
         if cam_labels.shape != size:   # CAMs are at the processing size (data.max_side), instances at the photo's
