@@ -112,6 +112,8 @@ def test_cross_checks_name_both_keys():
 @pytest.mark.parametrize("override, message", [
     ("make_cam.scales=[0.0]", "make_cam.scales = [0.0]: element 0 (0.0) must be > 0"),
     ("train_irn.epochs=0", "train_irn.epochs = 0: must be >= 1"),
+    ("ir_label.crf_scale=0.0", "ir_label.crf_scale = 0.0: must be > 0"),
+    ("ir_label.crf_scale=2.0", "ir_label.crf_scale = 2.0: must be in [0.0, 1.0]"),
     ("train_cam.momentum=1.0", "train_cam.momentum = 1.0: must be in [0.0, 1.0)"),
     ("run.workers=-1", "run.workers = -1: must be >= 0"),
     ("yolact.anchor_scales=[8, 16]", "yolact.anchor_scales = [8, 16]: must have 5 elements, has 2"),

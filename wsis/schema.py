@@ -117,6 +117,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "synthetic.max_instances": (at_least(1),),
     "ir_label.fg_thres": (FRACTION,),
     "ir_label.bg_thres": (FRACTION,),
+    "ir_label.crf_scale": (between(0.0, 1.0), above(0)),
     "ir_label.gt_prob": (between(0.0, 1.0, high_open=True), above(0)),
     "ir_label.iterations": (between(0, 1000),),     # mean-field iterations; 10 converge (tests slow a stage with 300)
     "ir_label.gauss_sxy": (above(0),),

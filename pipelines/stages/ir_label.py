@@ -25,7 +25,7 @@ def process(job: Job, ids: list[str]) -> None:
     """Writes ``<id>.png``: 0 background, c + 1 class c, 255 unsure; for a reviewed image also
     ``instances/<id>.png`` (``wsis.algorithms.supervision.instance_map``)."""
     c = job.cfg["ir_label"]
-    crf = {k: c[k] for k in ("gt_prob", "iterations", "gauss_sxy", "gauss_compat",
+    crf = {k: c[k] for k in ("crf_scale", "gt_prob", "iterations", "gauss_sxy", "gauss_compat",
                              "bilateral_sxy", "bilateral_srgb", "bilateral_compat")}
     reviews = reviewed_entries(job, "relation_labels")
     for image_id in ids:
