@@ -45,7 +45,7 @@ STAGES = ["train_cam", "make_cam", "eval_cam", "ir_label", "train_irn", "irn_inf
           "ins_seg", "export", "eval_ins_seg"]
 EVALUATION = {"eval_cam", "eval_sem_seg", "eval_ins_seg"}     # scoring, not part of making pseudo-labels
 # The paper's VOC settings for the stages after the CAMs (Ahn et al., CVPR 2019; base.toml)
-PAPER_IRN = {"ir_label.fg_thres": 0.30, "ir_label.bg_thres": 0.05, "sem_seg.bg_threshold": 0.25,
+PAPER_IRN = {"ir_label.fg_thres": 0.30, "ir_label.bg_thres": 0.05, "ir_label.crf_scale": 1.0, "sem_seg.bg_threshold": 0.25,
              "ins_seg.bg_threshold": 0.25, "random_walk.exp_times": 8, "ins_seg.exp_times": -1,
              "ins_seg.clustering": "weak_region", "ins_seg.score": "peak"}
 PAPER_DOWNSTREAM = ["ir_label", "train_irn", "irn_infer", "sem_seg", "ins_seg", "export", "eval_ins_seg"]
