@@ -131,3 +131,12 @@ def test_large_rotated_and_16_bit_images_through_the_pipeline(tiny_data, tmp_pat
     by_id = {im["id"]: (im["height"], im["width"]) for im in review["images"]}
     for ann in review["annotations"]:
         assert mask_utils.decode(ann["segmentation"]).shape == by_id[ann["image_id"]]
+
+    # imported back, each review is stored at the displayed size, the rotated photo's too (it
+    # was refused: the import compared the file's sizes with the header's unrotated one)
+    from wsis.review.formats import read_store
+    wsis("review", "import", out, "--unchanged-images", "reviewed", *args)
+    stored = read_store(work / "review" / "reviewed.json")["images"]
+    assert {i: (e["height"], e["width"]) for i, e in stored.items()} == {i: displayed[i] for i in stored}
+    assert "rotated" in stored and displayed["rotated"][0] != displayed["rotated"][1]
+    wsis("run", "--stage", "ir_label", *args)      # the merged reviews fit the rotated photo

@@ -598,19 +598,10 @@ def read_review(path: Path, dataset, ids, max_member_mb: float = DEFAULT_MAX_MEM
 
 
 def reviewed_size(dataset, image_id: str) -> tuple[int, int]:
-    """(height, width) at which a review of ``image_id`` is imported and stored: the image
-    file's size, read from its header."""
-    from PIL import UnidentifiedImageError
-    from wsis.io import open_image
-    path = dataset.image_path(image_id)
-    try:
-        with open_image(path, dataset.max_pixels) as im:
-            w, h = im.size
-    except FileNotFoundError:
-        raise DataError(f"{path}: image is listed but missing") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: not a readable image ({e})") from None
-    return h, w
+    """(height, width) at which a review of ``image_id`` is imported and stored: the image as
+    displayed (after its EXIF orientation), the size of the pipeline's outputs and exports, and
+    the one Label Studio and CVAT show the reviewer. Read from the file's header."""
+    return dataset.original_size(image_id)
 
 
 def dataset_record(dataset) -> dict:
